@@ -1,0 +1,1 @@
+"""refimpl's benchmarks: ``python -m benchmarks.run`` (see benchmarks/README.md)."""
