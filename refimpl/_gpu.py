@@ -53,10 +53,15 @@ def as_device(name, x, dtype):
     return cp.ascontiguousarray(a, dtype=dtype)
 
 
+@functools.lru_cache(maxsize=None)
+def multiprocessors(device_id: int) -> int:
+    """The device's SM count, cached: cudaGetDeviceProperties costs about a millisecond of host time."""
+    return cp.cuda.runtime.deviceGetAttribute(cp.cuda.runtime.cudaDevAttrMultiProcessorCount, device_id)
+
+
 def blocks_for(n, threads, per_thread=1, max_blocks=None):
     """Grid size for a grid-stride loop over ``n`` items: enough blocks to fill the device, no more."""
     if max_blocks is None:
-        props = cp.cuda.runtime.getDeviceProperties(cp.cuda.Device().id)
-        max_blocks = props["multiProcessorCount"] * 32
+        max_blocks = multiprocessors(cp.cuda.Device().id) * 16
     need = -(-n // (threads * per_thread))
     return max(1, min(need, max_blocks))

@@ -274,3 +274,30 @@ def test_tolerance_rows_exist_for_every_op():
         for dt in ("float64", "float32", "complex64"):
             rtol, atol = tolerance(op, dt)
             assert 0 < rtol < 1e-3 and 0 < atol
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+def test_gpu_zoh_diag_past_2_31_elements():
+    """More than 2^31 modes (float32, ~35 GB on the device): the 64-bit index path, checked by sampling."""
+    import cupy as cp
+
+    import refimpl.discretize.gpu as gpu
+
+    N = 64
+    H = (2**31 + 2**22) // N
+    n = H * N
+    assert n > 2**31
+    rs = cp.random.RandomState(7)
+    lam = -rs.uniform(0.01, 1.0, (H, N), dtype=cp.float32)
+    b = rs.standard_normal((H, N), dtype=cp.float32)
+    dt = rs.uniform(1e-3, 1e-1, H, dtype=cp.float32)
+    ad, bd = gpu.zoh_diag(lam, b, dt, check_finite=False)
+    del b
+    idx = np.concatenate([np.arange(64), np.random.default_rng(1).integers(0, n, 4096), np.arange(n - 64, n),
+                          np.arange(2**31 - 64, 2**31 + 64)])
+    rows, cols = idx // N, idx % N
+    l_s, d_s = cp.asnumpy(lam[rows, cols]), cp.asnumpy(dt[rows])
+    e_ad, _ = ref.zoh_diag(l_s[:, None], np.ones((idx.size, 1)), d_s)
+    assert_close(cp.asnumpy(ad[rows, cols]), e_ad[:, 0], op="zoh_diag", dtype="float32")
+    assert bool(cp.isfinite(bd[-1]).all())

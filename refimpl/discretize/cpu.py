@@ -27,34 +27,50 @@ def _twin_dtype(*arrays, names):
 
 
 # ---------------------------------------------------------------------------------------------------------
-# zoh_diag: one mode per iteration. For complex z = x + iy the real part of e^z - 1 is formed as
+# zoh_diag: one channel per parallel iteration. For complex z = x + iy the real part of e^z - 1 is formed as
 #   Re(e^z - 1) = expm1(x)·cos y - 2·sin²(y/2)
 # so that nothing cancels as z -> 0; the GPU kernel uses the same identity (CUDA has no complex expm1).
 
+@numba.njit(inline="always")
+def _phi1_complex(x, y, ex, s, c):
+    """(e^z - 1)/z for z = x + iy, with Re(e^z - 1) = expm1(x) cos y - 2 sin^2(y/2) and Smith's division."""
+    if x == 0 and y == 0:
+        return 1.0, 0.0
+    er = math.expm1(x) * ((c - s) * (c + s)) - 2 * s * s
+    ei = ex * (2 * s * c)
+    if abs(x) >= abs(y):
+        r = y / x
+        d = x + y * r
+        return (er + ei * r) / d, (ei - er * r) / d
+    r = x / y
+    d = x * r + y
+    return (er * r + ei) / d, (ei * r - er) / d
+
+
 @numba.njit(parallel=True, cache=True)
 def _zoh_diag_complex(lam, b, dt, ad, bd):
-    for i in numba.prange(lam.size):
-        h = dt[i]
-        z = h * lam[i]
-        x, y = z.real, z.imag
-        ex = math.exp(x)
-        s, c = math.sin(0.5 * y), math.cos(0.5 * y)
-        cos_y, sin_y = (c - s) * (c + s), 2.0 * s * c
-        ad[i] = complex(ex * cos_y, ex * sin_y)
-        if z == 0:
-            bd[i] = h * b[i]
-        else:
-            em1 = complex(math.expm1(x) * cos_y - 2.0 * s * s, ex * sin_y)
-            bd[i] = (em1 / z) * h * b[i]
+    """lam, b, ad, bd (H, N) complex; dt (H,). One channel per parallel iteration, its N modes in a loop."""
+    H, N = lam.shape
+    for hch in numba.prange(H):
+        h = dt[hch]
+        for n in range(N):
+            x, y = h * lam[hch, n].real, h * lam[hch, n].imag
+            ex = math.exp(x)
+            s, c = math.sin(0.5 * y), math.cos(0.5 * y)
+            ad[hch, n] = complex(ex * (c - s) * (c + s), ex * 2 * s * c)
+            qr, qi = _phi1_complex(x, y, ex, s, c)
+            bd[hch, n] = complex(h * qr, h * qi) * b[hch, n]
 
 
 @numba.njit(parallel=True, cache=True)
 def _zoh_diag_real(lam, b, dt, ad, bd):
-    for i in numba.prange(lam.size):
-        h = dt[i]
-        z = h * lam[i]
-        ad[i] = math.exp(z)
-        bd[i] = h * b[i] if z == 0 else (math.expm1(z) / z) * h * b[i]
+    H, N = lam.shape
+    for hch in numba.prange(H):
+        h = dt[hch]
+        for n in range(N):
+            z = h * lam[hch, n]
+            ad[hch, n] = math.exp(z)
+            bd[hch, n] = h * b[hch, n] if z == 0 else (math.expm1(z) / z) * h * b[hch, n]
 
 
 def zoh_diag(Lambda, B, dt, *, check_finite=True):
@@ -63,26 +79,24 @@ def zoh_diag(Lambda, B, dt, *, check_finite=True):
     dtype = _twin_dtype(Lambda, B, names=("Lambda", "B"))
     real = np.float32 if dtype in (np.float32, np.complex64) else np.float64
     shape = Lambda.shape
-    dtf = np.ascontiguousarray(dt, dtype=real).reshape(-1)
+    N = shape[-1]
+    as2d = lambda a, t: np.ascontiguousarray(a, dtype=t).reshape(-1, N)  # noqa: E731
+    dt1 = np.ascontiguousarray(dt[..., 0], dtype=real).reshape(-1)  # one step per channel
     if np.iscomplexobj(Lambda):
-        lam = np.ascontiguousarray(Lambda, dtype=dtype).reshape(-1)
-        bb = np.ascontiguousarray(B, dtype=dtype).reshape(-1)
-        ad = np.empty(lam.size, dtype=dtype)
-        bd = np.empty(lam.size, dtype=dtype)
-        _zoh_diag_complex(lam, bb, dtf, ad, bd)
+        lam, bb = as2d(Lambda, dtype), as2d(B, dtype)
+        ad, bd = np.empty_like(lam), np.empty_like(lam)
+        _zoh_diag_complex(lam, bb, dt1, ad, bd)
     else:
-        lam = np.ascontiguousarray(Lambda, dtype=real).reshape(-1)
-        bb = np.ascontiguousarray(B, dtype=dtype).reshape(-1)
-        ad = np.empty(lam.size, dtype=real)
-        bd = np.empty(lam.size, dtype=dtype)
-        if np.iscomplexobj(bb):  # real modes, complex input weights: split B into two real problems
-            tmp = np.empty(lam.size, dtype=real)
-            _zoh_diag_real(lam, np.ascontiguousarray(bb.real), dtf, ad, tmp)
+        lam, bb = as2d(Lambda, real), as2d(B, dtype)
+        ad, bd = np.empty_like(lam), np.empty_like(bb)
+        if np.iscomplexobj(bb):  # real modes, complex input weights: two real problems
+            tmp = np.empty_like(lam)
+            _zoh_diag_real(lam, np.ascontiguousarray(bb.real), dt1, ad, tmp)
             bd.real = tmp
-            _zoh_diag_real(lam, np.ascontiguousarray(bb.imag), dtf, ad, tmp)
+            _zoh_diag_real(lam, np.ascontiguousarray(bb.imag), dt1, ad, tmp)
             bd.imag = tmp
         else:
-            _zoh_diag_real(lam, bb, dtf, ad, bd)
+            _zoh_diag_real(lam, bb, dt1, ad, bd)
     return ad.reshape(shape), bd.reshape(shape)
 
 

@@ -38,7 +38,7 @@ def _device(name, x, complex_ok=True):
 def _launch(name, n, args):
     """Launch kernel ``name`` over ``n`` items with 32-bit indices where they cannot overflow."""
     blocks = _gpu.blocks_for(n, _THREADS)
-    wide = n + blocks * _THREADS >= 2**31
+    wide = n + 4 * blocks * _THREADS >= 2**31  # zoh_diag.cu's UNROLL = 4
     fn = _gpu.kernel(_HERE / "zoh_diag.cu", f"{name}_{'i64' if wide else 'i32'}")
     ints = [np.int64(v) if wide else np.int32(v) for v in args[-2:]]
     fn((blocks,), (_THREADS,), tuple(args[:-2]) + tuple(ints))
