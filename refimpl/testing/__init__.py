@@ -2,10 +2,13 @@
 
 - ``tolerance(op, dtype)`` -> (rtol, atol), one table for every op and dtype.
 - ``assert_close(actual, expected, *, op, dtype)`` for NumPy, CuPy, PyTorch and JAX arrays.
+- ``check(fn, op, *, dtype)`` runs an implementation over a sweep of shapes and adversarial cases and returns
+  a report (a table; ``.passed``); ``python -m refimpl check module:function --op OP`` is the same from a shell.
 - ``compare`` (the errors without raising) and ``to_numpy``.
 """
 
+from .check import Report, check, reference
 from .compare import Comparison, assert_close, compare, to_numpy
 from .tolerance import tolerance
 
-__all__ = ["tolerance", "assert_close", "compare", "Comparison", "to_numpy"]
+__all__ = ["tolerance", "assert_close", "check", "Report", "reference", "compare", "Comparison", "to_numpy"]
