@@ -1,4 +1,5 @@
-"""Command line: ``python -m refimpl check module:function --op OP [--dtype D] [--seed S] [--quick]``.
+"""Command line: ``python -m refimpl check module:function --op OP [--dtype D] [--seed S] [--quick]``,
+and ``python -m refimpl golden --write`` to regenerate the golden vectors.
 
 Exit status 0 when the implementation passes, 1 when it does not, 2 on a usage error.
 """
@@ -22,7 +23,16 @@ def main(argv=None):
     c.add_argument("--dtype", default="float32", help="float64, float32, float16 or bfloat16 (default float32)")
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--quick", action="store_true", help="fewer and smaller cases")
+    g = sub.add_parser("golden", help="regenerate the golden vectors (refimpl/testing/golden/)")
+    g.add_argument("--write", action="store_true", required=True)
     args = p.parse_args(argv)
+    if args.command == "golden":
+        from .testing.golden import HERE, MANIFEST, write
+
+        files = write()
+        total = sum((HERE / f"{s}.npz").stat().st_size for s in files)
+        print(f"wrote {len(files)} golden files ({total / 1e6:.2f} MB) and {MANIFEST}")
+        return 0
 
     mod_name, _, fn_name = args.target.partition(":")
     if not mod_name or not fn_name:
