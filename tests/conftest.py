@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import functools
+import pathlib
+import shutil
+import subprocess
+import sys
 
 import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 @functools.lru_cache(maxsize=None)
@@ -35,3 +41,23 @@ def rng(request):
     import numpy as np
 
     return np.random.default_rng(zlib.crc32(request.node.nodeid.encode()))
+
+
+def _jupyter_book():
+    exe = pathlib.Path(sys.executable).parent / "jupyter-book"
+    return str(exe) if exe.exists() else shutil.which("jupyter-book")
+
+
+@pytest.fixture(scope="session")
+def built_book(tmp_path_factory):
+    """The book built once per session into a temporary folder: (html folder, build log)."""
+    exe = _jupyter_book()
+    if exe is None:
+        pytest.skip("jupyter-book is not installed (pip install 'refimpl[book]')")
+    out = tmp_path_factory.mktemp("book")
+    proc = subprocess.run([exe, "build", str(ROOT), "-W", "-n", "--keep-going", "--path-output", str(out)],
+                          capture_output=True, text=True, timeout=3600)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, "book build failed:\n" + "\n".join(
+        line for line in log.splitlines() if "WARNING" in line or "ERROR" in line or "Error" in line)[-6000:]
+    return out / "_build" / "html", log
