@@ -6,15 +6,10 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import numpy as np
 import pytest
-import scipy.special
 
 from refimpl.testing import check
-
-
-def _f32(*arrays):
-    return [np.asarray(a, dtype=np.complex64 if np.iscomplexobj(a) else np.float32) for a in arrays]
+from refimpl.testing.mutants import MUTANTS
 
 
 # ------------------------------------------------------------------------------------- correct implementations
@@ -44,126 +39,9 @@ def test_report_is_a_table():
 
 # ------------------------------------------------------------------------------------------ planted bugs
 
-def naive_zoh_diag(Lambda, B, dt, check_finite=True):
-    """Bug: (exp(z) - 1)/z in single precision instead of expm1."""
-    Lambda, B = _f32(Lambda, B)
-    dt = np.broadcast_to(np.asarray(dt, np.float32)[..., None], np.broadcast_shapes(Lambda.shape, B.shape))
-    z = dt * Lambda
-    with np.errstate(invalid="ignore", divide="ignore"):
-        q = np.where(z == 0, 1, (np.exp(z) - 1) / z)
-    return np.exp(z), q * dt * B
-
-
-def _softmax_attention(q, k, v, causal, scale, top_left=False, subtract_max=True):
-    q, k, v = _f32(q, k, v)
-    b, s_q, h, d = q.shape
-    s_k, h_k = k.shape[1], k.shape[2]
-    k = np.repeat(k, h // h_k, axis=2)
-    v = np.repeat(v, h // h_k, axis=2)
-    s = np.einsum("bqhd,bkhd->bhqk", q, k) * np.float32(scale or 1 / np.sqrt(d))
-    if causal:
-        offset = 0 if top_left else s_k - s_q
-        mask = np.arange(s_k)[None, :] <= np.arange(s_q)[:, None] + offset
-        s = np.where(mask, s, -np.inf)
-    with np.errstate(invalid="ignore", over="ignore"):
-        m = s.max(-1, keepdims=True) if subtract_max else np.float32(0)
-        m = np.where(np.isfinite(m), m, 0)
-        p = np.exp(s - m)
-        den = p.sum(-1, keepdims=True)
-        out = np.einsum("bhqk,bkhd->bqhd", np.where(den > 0, p / den, 0), v)
-        lse = (np.log(den) + m)[..., 0]
-    return out, lse
-
-
-def top_left_attention(q, k, v, *, causal=False, softmax_scale=None, return_lse=False):
-    """Bug: the causal mask aligned top-left (query i sees keys j <= i) when s_q != s_k."""
-    out, lse = _softmax_attention(q, k, v, causal, softmax_scale, top_left=True)
-    return (out, lse) if return_lse else out
-
-
-def unstable_softmax_attention(q, k, v, *, causal=False, softmax_scale=None, return_lse=False):
-    """Bug: softmax without subtracting the row maximum (overflows for logits ~ 1e2 in float32)."""
-    out, lse = _softmax_attention(q, k, v, causal, softmax_scale, subtract_max=False)
-    return (out, lse) if return_lse else out
-
-
-def exclusive_scan(a, b, h0=None):
-    """Bug: an exclusive scan (h_t without the step t's own term)."""
-    import refimpl.scan as ref
-
-    h = ref.linear_scan(a, b, h0)
-    h0 = np.zeros(h.shape[:-1]) if h0 is None else np.broadcast_to(h0, h.shape[:-1])
-    return np.concatenate([h0[..., None], h[..., :-1]], axis=-1).astype(np.result_type(a, np.float32))
-
-
-def zoh_B_selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-                         return_last_state=False):
-    """Bug: the ZOH rule for B, (exp(delta A) - 1)/A * B, where mamba_ssm uses Euler, delta * B.
-
-    Implemented by folding the ZOH factor phi1(delta*A) into delta's effect on B through the reference:
-    exact ZOH needs B scaled per (channel, state), so it is written out here as a plain loop."""
-    u, delta, A, B, C = (np.asarray(x, dtype=np.complex128 if np.iscomplexobj(x) else np.float64)
-                         for x in (u, delta, A, B, C))
-    if delta_bias is not None:
-        delta = delta + np.asarray(delta_bias)[:, None]
-    if delta_softplus:
-        delta = np.logaddexp(0, delta)
-    b, d, L = u.shape
-    N = A.shape[1]
-
-    def at(M, t):  # B or C at time t as (b, d, N)
-        if M.ndim == 2:
-            return np.broadcast_to(M, (b, d, N))
-        if M.ndim == 3:
-            return np.broadcast_to(M[:, None, :, t], (b, d, N))
-        G = M.shape[1]
-        return np.repeat(M[:, :, :, t], d // G, axis=1)
-
-    h = np.zeros((b, d, N), dtype=np.result_type(A, B, np.float64))
-    ys = []
-    for t in range(L):
-        dA = delta[:, :, t, None] * A
-        h = np.exp(dA) * h + delta[:, :, t, None] * scipy.special.exprel(dA.real if not np.iscomplexobj(dA) else dA) \
-            * at(B, t) * u[:, :, t, None] if not np.iscomplexobj(dA) else \
-            np.exp(dA) * h + (np.expm1(dA) / A) * at(B, t) * u[:, :, t, None]
-        y = (h * at(C, t)).sum(-1)
-        ys.append(2 * y.real if np.iscomplexobj(A) else y.real)
-    y = np.stack(ys, -1)
-    if D is not None:
-        y = y + np.asarray(D)[:, None] * u
-    if z is not None:
-        y = y * np.asarray(z) * scipy.special.expit(np.asarray(z))
-    return (y, h) if return_last_state else y
-
-
-def overdecayed_ssd(x, dt, A, B, C, *, D=None, z=None, dt_bias=None, dt_softplus=False, initial_states=None,
-                    return_final_states=False):
-    """Bug: the final state decayed once too often (by exp(dt_last * A) a second time)."""
-    import refimpl.ssd as ref
-
-    out = ref.ssd(x, dt, A, B, C, D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus,
-                  initial_states=initial_states, return_final_states=return_final_states)
-    if not return_final_states:
-        return out
-    y, H = out
-    last = np.asarray(dt, np.float64)[:, -1]
-    if dt_bias is not None:
-        last = last + dt_bias
-    if dt_softplus:
-        last = np.logaddexp(0, last)
-    return y, H * np.exp(last * np.asarray(A))[:, :, None, None]
-
-
-@pytest.mark.parametrize("bug, op, dtype", [
-    (naive_zoh_diag, "zoh_diag", "float32"),
-    (top_left_attention, "attention", "float32"),
-    (unstable_softmax_attention, "attention", "float32"),
-    (exclusive_scan, "linear_scan", "float32"),
-    (zoh_B_selective_scan, "selective_scan", "float32"),
-    (overdecayed_ssd, "ssd", "float32"),
-], ids=lambda x: getattr(x, "__name__", str(x)))
-def test_check_catches_planted_bug(bug, op, dtype):
-    report = check(bug, op, dtype=dtype, quick=True)
+@pytest.mark.parametrize("bug, op", MUTANTS, ids=[m.__name__ for m, _ in MUTANTS])
+def test_check_catches_planted_bug(bug, op):
+    report = check(bug, op, dtype="float32", quick=True)
     assert not report.passed, f"{bug.__name__} slipped through:\n{report}"
 
 
@@ -183,10 +61,25 @@ def test_cli_exit_codes():
     ok = _cli("refimpl.discretize.cpu:zoh_diag", "--op", "zoh_diag", "--quick")
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert "PASSED" in ok.stdout
-    bad = _cli("test_check:naive_zoh_diag", "--op", "zoh_diag", "--quick")
+    bad = _cli("refimpl.testing.mutants:naive_zoh_diag", "--op", "zoh_diag", "--quick")
     assert bad.returncode == 1, bad.stdout + bad.stderr
     assert "FAILED" in bad.stdout
     assert _cli("refimpl.discretize.cpu:zoh_diag", "--op", "no_such_op").returncode == 2
     assert _cli("no_such_module:f", "--op", "zoh").returncode == 2
     assert _cli("refimpl.discretize.cpu", "--op", "zoh").returncode == 2
     assert _cli("refimpl.discretize.cpu:zoh_diag", "--op", "zoh_diag", "--dtype", "int8").returncode == 2
+
+
+# ------------------------------------------------------------------------------- a live third-party check
+
+def test_torch_sdpa_passes_with_bottom_right_mask_and_fails_with_is_causal():
+    """PyTorch's SDPA is right under refimpl's (flash-attn's) convention only with a bottom-right mask:
+    its own ``is_causal`` aligns the mask top-left, which ``check`` catches on the s_q != s_k cases."""
+    pytest.importorskip("torch")
+    from refimpl.testing.adapters import torch_sdpa
+
+    good = check(torch_sdpa, "attention", dtype="float32", quick=True)
+    assert good.passed, str(good)
+    top_left = check(lambda *a, **k: torch_sdpa(*a, bottom_right=False, **k), "attention", quick=True)
+    failed = {r.case for r in top_left.rows if not r.passed}
+    assert failed == {"s_q < s_k causal (bottom-right)", "s_q > s_k causal (empty rows -> 0)"}, str(top_left)
