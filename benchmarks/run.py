@@ -64,7 +64,7 @@ def main(argv=None):
         kind = case.device
         rec = {"op": case.op, "impl": case.impl, "dtype": case.dtype, "shape": case.shape,
                "bound": case.bound, "bytes": case.bytes, "flops": case.flops, "goal": case.goal,
-               "note": case.note, "peer": case.peer, "device": None, "ms": None}
+               "note": case.note, "peer": case.peer, "kind": case.device, "device": None, "ms": None}
         if kind == "gpu" and not gpu_ok:
             rec["skipped"] = f"no GPU: {gpu_why.split(';')[0]}"
             records.append(rec)

@@ -44,7 +44,7 @@ def _softmax_attention(q, k, v, causal, scale, top_left=False, subtract_max=True
         offset = 0 if top_left else s_k - s_q
         mask = np.arange(s_k)[None, :] <= np.arange(s_q)[:, None] + offset
         s = np.where(mask, s, -np.inf)
-    with np.errstate(invalid="ignore", over="ignore"):
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
         m = s.max(-1, keepdims=True) if subtract_max else np.float32(0)
         m = np.where(np.isfinite(m), m, 0)
         p = np.exp(s - m)

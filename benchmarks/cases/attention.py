@@ -1,0 +1,148 @@
+"""Chapter 6 benchmarks: causal prefill (compute-bound) and decode over a KV cache (memory-bound).
+
+GPU (PERFORMANCE.md): prefill fp16 b1 h32 d128 at L 4096 and 16384 against torch SDPA's TFLOP/s; decode fp16,
+GQA 32/8, d128 at b1 cache 32K, b8 cache 32K and b1 cache 128K against copy bandwidth and SDPA. ``gpu`` times
+the kernel launches of a call whose arguments were checked once (``gpu.plan``); ``gpu:api`` times the public
+call (``check_finite=False``), whose host-side checks add launch latency. Causal flops are counted as
+4·b·h·s_q·s_k·d/2 (the masked half is not work); decode bytes are the K and V read once plus q and out.
+CPU: decode against the NumPy reference and torch SDPA on CPU where torch is installed.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from benchmarks.core import Case
+
+PREFILL_GOAL = "attention.gpu.attention causal prefill fp16: >= 50% of SDPA's TFLOP/s first; then >= 80%"
+DECODE_GOAL = "attention.gpu.attention_with_kvcache decode fp16: >= 90% of copy bandwidth (ahead of SDPA at b1)"
+CPU_GOAL = "attention.cpu.attention_with_kvcache decode: at least as fast as torch SDPA on CPU; >= 20x NumPy"
+
+
+def _prefill_gpu(b, h, L, d, api):
+    def setup():
+        import cupy as cp
+
+        from refimpl.attention import gpu
+
+        rs = cp.random.RandomState(0)
+        q, k, v = (rs.standard_normal((b, L, h, d), dtype=cp.float32).astype(cp.float16) for _ in range(3))
+        if api:
+            return lambda: gpu.attention(q, k, v, causal=True, check_finite=False)
+        run = gpu.plan(q, k, v, causal=True)
+        return run
+    return setup
+
+
+def _prefill_torch(b, h, L, d):
+    def setup():
+        import torch
+
+        g = torch.Generator(device="cuda").manual_seed(0)
+        q, k, v = (torch.randn((b, h, L, d), device="cuda", dtype=torch.float16, generator=g) for _ in range(3))
+        F = torch.nn.functional
+        return lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    return setup
+
+
+def _decode_gpu(b, h, h_k, d, L, api):
+    def setup():
+        import cupy as cp
+
+        from refimpl.attention import gpu
+
+        rs = cp.random.RandomState(0)
+        q = rs.standard_normal((b, 1, h, d), dtype=cp.float32).astype(cp.float16)
+        kc, vc = (rs.standard_normal((b, L, h_k, d), dtype=cp.float32).astype(cp.float16) for _ in range(2))
+        if api:
+            return lambda: gpu.attention_with_kvcache(q, kc, vc, cache_seqlens=L, check_finite=False)
+        return gpu.plan(q, kc, vc, cache_seqlens=L)
+    return setup
+
+
+def _decode_torch(b, h, h_k, d, L, device):
+    def setup():
+        import torch
+
+        g = torch.Generator(device=device).manual_seed(0)
+        dt = torch.float16 if device == "cuda" else torch.float32
+        q = torch.randn((b, h, 1, d), device=device, dtype=dt, generator=g)
+        k, v = (torch.randn((b, h_k, L, d), device=device, dtype=dt, generator=g) for _ in range(2))
+        F = torch.nn.functional
+        return lambda: F.scaled_dot_product_attention(q, k, v, enable_gqa=True)
+    return setup
+
+
+def _decode_cpu(b, h, h_k, d, L, impl):
+    def setup():
+        import refimpl.attention as ref
+        from refimpl.attention import cpu
+
+        rng = np.random.default_rng(0)
+        q = rng.standard_normal((b, 1, h, d), dtype=np.float32)
+        kc, vc = (rng.standard_normal((b, L, h_k, d), dtype=np.float32) for _ in range(2))
+        mod = cpu if impl == "cpu" else ref
+        return lambda: mod.attention_with_kvcache(q, kc, vc, cache_seqlens=L, check_finite=False)
+    return setup
+
+
+def cases(quick: bool) -> list[Case]:
+    out = []
+    d = 128
+    for L in ((1024,) if quick else (4096, 16384)):
+        b, h = 1, 32
+        shape = {"b": b, "h": h, "L": L, "d": d, "causal": 1}
+        flops = 4 * b * h * L * L * d / 2
+        nbytes = 4 * b * L * h * d * 2
+        for impl, setup in (("gpu", _prefill_gpu(b, h, L, d, False)), ("gpu:api", _prefill_gpu(b, h, L, d, True)),
+                            ("torch.sdpa(gpu)", _prefill_torch(b, h, L, d))):
+            out.append(Case("attention", impl, "float16", shape, setup, bytes=nbytes, flops=flops, bound="compute",
+                            peer=None if impl.startswith("torch") else "torch.sdpa(gpu)", goal=PREFILL_GOAL))
+    h, h_k = 32, 8
+    for b, L in (((1, 4096),) if quick else ((1, 32768), (8, 32768), (1, 131072))):
+        shape = {"b": b, "h": h, "h_k": h_k, "d": d, "cache": L}
+        nbytes = 2 * b * L * h_k * d * 2 + 2 * b * h * d * 2
+        flops = 4 * b * h * L * d
+        for impl, setup in (("gpu", _decode_gpu(b, h, h_k, d, L, False)),
+                            ("gpu:api", _decode_gpu(b, h, h_k, d, L, True)),
+                            ("torch.sdpa(gpu)", _decode_torch(b, h, h_k, d, L, "cuda"))):
+            out.append(Case("attention_with_kvcache", impl, "float16", shape, setup, bytes=nbytes, flops=flops,
+                            peer=None if impl.startswith("torch") else "torch.sdpa(gpu)", goal=DECODE_GOAL,
+                            repeats=50))
+    # CPU decode: b1, GQA 32/8, d128, a 4K (quick: 1K) cache, float32
+    L = 1024 if quick else 4096
+    shape = {"b": 1, "h": h, "h_k": h_k, "d": d, "cache": L}
+    nbytes = 2 * L * h_k * d * 4 + 2 * h * d * 4
+    for impl, setup in (("cpu", _decode_cpu(1, h, h_k, d, L, "cpu")), ("numpy", _decode_cpu(1, h, h_k, d, L, "numpy")),
+                        ("torch.sdpa", _decode_torch(1, h, h_k, d, L, "cpu"))):
+        out.append(Case("attention_with_kvcache", impl, "float32", shape, setup, bytes=nbytes, flops=4 * h * L * d,
+                        peer="torch.sdpa" if impl == "cpu" else None, goal=CPU_GOAL))
+    return out
+
+
+def sweep():
+    """Decode time against the split count, and prefill time, on the GPU (a tuning table, printed)."""
+    import cupy as cp
+
+    from benchmarks.core import gpu_ceiling, time_gpu
+    from refimpl.attention import gpu
+
+    ceil = gpu_ceiling()
+    bw = ceil["copy_bytes_per_s"]
+    print(f"copy {bw / 1e9:.0f} GB/s, fp16 matmul {ceil['matmul_flops_per_s'] / 1e12:.0f} TFLOP/s")
+    rs = cp.random.RandomState(1)
+    for b, L in ((1, 32768), (8, 32768), (1, 131072)):
+        q = rs.standard_normal((b, 1, 32, 128), dtype=cp.float32).astype(cp.float16)
+        kc, vc = (rs.standard_normal((b, L, 8, 128), dtype=cp.float32).astype(cp.float16) for _ in range(2))
+        nbytes = 2 * kc.nbytes
+        for ns in (0, 16, 32, 64, 128, 256, 512):
+            ms = time_gpu(gpu.plan(q, kc, vc, cache_seqlens=L, num_splits=ns), repeats=30)
+            print(f"decode b{b} L{L} splits {ns or 'auto':>4}: {ms * 1e3:8.1f} us  {nbytes / ms / 1e6:7.0f} GB/s"
+                  f"  {100 * nbytes / ms / 1e-3 / bw:5.1f}% of copy")
+        del q, kc, vc
+    for L in (4096, 16384):
+        q, k, v = (rs.standard_normal((1, L, 32, 128), dtype=cp.float32).astype(cp.float16) for _ in range(3))
+        for causal in (True, False):
+            ms = time_gpu(gpu.plan(q, k, v, causal=causal), repeats=10)
+            fl = 4 * 32 * L * L * 128 / (2 if causal else 1)
+            print(f"prefill L{L} causal {causal}: {ms:.3f} ms  {fl / ms / 1e9:6.0f} TFLOP/s")

@@ -1,0 +1,272 @@
+"""Chapter 4 benchmarks: linear_scan (memory-bound, against copy, torch.cumsum and CUB) and selective_scan.
+
+linear_scan counts 12 bytes per float32 element (read a and b, write h). The peers compute a plain cumulative
+sum (read 4 B, write 4 B per element): an easier problem, timed in the same run. On the CPU the peer is
+scipy.signal.lfilter computing h_t = a·h_{t-1} + b_t with a CONSTANT a (lfilter's model is time-invariant);
+refimpl's twin reads a full array a_t all the same.
+
+selective_scan on the GPU is set against two floors measured in the same run: bytes / copy bandwidth (the
+runner's ceiling) and "exp-floor(gpu)", a kernel doing only the b·d·L·N exponentials (MUFU ex2) the scan
+needs, so ``x peer`` = floor time / our time.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from benchmarks.core import Case
+
+GOAL_LIN = ("gpu linear_scan f32, 2^28 in one sequence and 4096 x 65536: >= 85% of copy bandwidth (12 B/element), "
+            "faster than torch.cumsum and cupy.cumsum (CUB), bitwise deterministic (PERFORMANCE.md)")
+GOAL_SEL = "gpu selective_scan f32 b2 d4096 L4096 N16 variable B/C: within 1.5x of max(bytes/copy, exps/SFU)"
+
+
+def _lin_inputs(S, L, xp=np, dtype=np.float32, seed=0):
+    if xp is np:
+        rng = np.random.default_rng(seed)
+        return (rng.uniform(0.9, 1.0, (S, L)).astype(dtype), rng.standard_normal((S, L)).astype(dtype))
+    xp.random.seed(seed)
+    return xp.random.uniform(0.9, 1.0, (S, L), dtype=dtype), xp.random.standard_normal((S, L), dtype=dtype)
+
+
+def _lin_case(impl, S, L, peer=None, note=""):
+    n = S * L
+
+    def setup():
+        if impl in ("numpy", "cpu", "scipy.lfilter"):
+            a, b = _lin_inputs(S, L, dtype=np.float64 if impl == "numpy" else np.float32)
+            if impl == "numpy":
+                import refimpl.scan as m
+
+                return lambda: m.linear_scan(a, b, check_finite=False)
+            if impl == "cpu":
+                import refimpl.scan.cpu as m
+
+                m.linear_scan(a[:1, :100], b[:1, :100])  # compile
+                return lambda: m.linear_scan(a, b, check_finite=False)
+            import scipy.signal
+
+            a0 = float(a[0, 0])
+            return lambda: scipy.signal.lfilter([1.0], [1.0, -a0], b, axis=-1)
+        import cupy as cp
+
+        a, b = _lin_inputs(S, L, xp=cp)
+        if impl == "gpu":
+            import refimpl.scan.gpu as m
+
+            return lambda: m.linear_scan(a, b, check_finite=False)
+        if impl == "cupy.cumsum(gpu)":
+            out = cp.empty_like(b)
+            return lambda: cp.cumsum(b, axis=-1, out=out)
+        import torch
+
+        tb = torch.as_tensor(b, device="cuda")
+        out = torch.empty_like(tb)
+        return lambda: torch.cumsum(tb, dim=-1, out=out)
+
+    per = 8 if impl in ("cupy.cumsum(gpu)", "torch.cumsum(gpu)") else 12
+    if impl == "numpy":
+        per = 24
+    return Case(op="linear_scan", impl=impl, dtype="float64" if impl == "numpy" else "float32",
+                shape={"S": S, "L": L}, setup=setup, bytes=n * per, flops=3 * n, bound="memory", peer=peer,
+                goal=GOAL_LIN if impl == "gpu" else ("cpu: at least as fast as scipy.signal.lfilter; >= 20x the "
+                                                      "NumPy reference" if impl == "cpu" else ""),
+                note=note, repeats=10 if impl in ("numpy", "scipy.lfilter") else 20)
+
+
+# ---------------------------------------------------------------------------------------------------------
+
+def _sel_inputs(b, d, L, N, xp=np, dtype=np.float32, seed=0):
+    rng = np.random.default_rng(seed)
+    args = dict(u=rng.standard_normal((b, d, L)), delta=rng.uniform(-4, -1, (b, d, L)),
+                A=-np.exp(rng.uniform(np.log(0.5), np.log(16), (d, N))), B=rng.standard_normal((b, N, L)),
+                C=rng.standard_normal((b, N, L)))
+    kw = dict(D=rng.standard_normal(d), z=rng.standard_normal((b, d, L)), delta_bias=rng.uniform(-1, 1, d),
+              delta_softplus=True)
+    conv = (lambda x: xp.asarray(x.astype(dtype))) if dtype is not None else (lambda x: x)
+    return {k: conv(v) for k, v in args.items()}, {k: (conv(v) if isinstance(v, np.ndarray) else v) for k, v in kw.items()}
+
+
+def _mamba_selective_scan_ref():
+    """mamba_ssm.ops.selective_scan_interface.selective_scan_ref (real A, variable B/C (b, N, L)), transcribed
+    from state-spaces/mamba (Apache-2.0), since mamba_ssm does not install without CUDA."""
+    import torch
+    import torch.nn.functional as F
+
+    def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
+        dtype_in = u.dtype
+        u = u.float()
+        delta = delta.float()
+        if delta_bias is not None:
+            delta = delta + delta_bias[..., None].float()
+        if delta_softplus:
+            delta = F.softplus(delta)
+        batch, dim, dstate = u.shape[0], A.shape[0], A.shape[1]
+        B = B.float()
+        C = C.float()
+        x = A.new_zeros((batch, dim, dstate))
+        ys = []
+        deltaA = torch.exp(torch.einsum("bdl,dn->bdln", delta, A))
+        deltaB_u = torch.einsum("bdl,bnl,bdl->bdln", delta, B, u)
+        for i in range(u.shape[2]):
+            x = deltaA[:, :, i] * x + deltaB_u[:, :, i]
+            y = torch.einsum("bdn,bn->bd", x, C[:, :, i])
+            ys.append(y)
+        y = torch.stack(ys, dim=2)
+        out = y if D is None else y + u * D[:, None]
+        if z is not None:
+            out = out * F.silu(z)
+        return out.to(dtype=dtype_in)
+
+    return selective_scan_ref
+
+
+_EX2 = r"""
+extern "C" __global__ void ex2_floor(float* out, long long per_thread)
+{
+    // 8 independent chains x <- 2^(-x): pure MUFU.EX2 throughput (the FNEG folds into the operand)
+    float x[8];
+    for (int i = 0; i < 8; ++i) x[i] = 0.001f * (threadIdx.x + i);
+    for (long long k = 0; k < per_thread; k += 8)
+        for (int i = 0; i < 8; ++i) asm volatile("ex2.approx.ftz.f32 %0, %1;" : "=f"(x[i]) : "f"(-x[i]));
+    float s = 0.f;
+    for (int i = 0; i < 8; ++i) s += x[i];
+    if (s == 12345.f) out[0] = s;  // keeps the chains alive
+}
+"""
+
+
+def _sel_case(impl, b, d, L, N, peer=None, note=""):
+    n = b * d * L
+    nbytes = n * 4 * 4 + 2 * b * N * L * 4 + d * (N + 2) * 4  # u, delta, z in, out; B, C; A, D, bias
+
+    def setup():
+        if impl == "exp-floor(gpu)":
+            import cupy as cp
+
+            fn = cp.RawKernel(_EX2, "ex2_floor")
+            sms = cp.cuda.runtime.getDeviceProperties(cp.cuda.Device().id)["multiProcessorCount"]
+            blocks, threads = sms * 8, 256
+            per = -(-(n * N) // (blocks * threads * 8)) * 8
+            out = cp.zeros(1, dtype=cp.float32)
+            return lambda: fn((blocks,), (threads,), (out, np.int64(per)))
+        if impl == "gpu":
+            import cupy as cp
+
+            import refimpl.scan.gpu as m
+
+            args, kw = _sel_inputs(b, d, L, N, xp=cp)
+            return lambda: m.selective_scan(**args, **kw, check_finite=False)
+        if impl == "numpy":
+            import refimpl.scan as m
+
+            args, kw = _sel_inputs(b, d, L, N, dtype=None)
+            return lambda: m.selective_scan(**args, **kw, check_finite=False)
+        if impl == "cpu":
+            import refimpl.scan.cpu as m
+
+            args, kw = _sel_inputs(b, d, L, N)
+            m.selective_scan(**{k: (v[..., :8] if v.ndim == 3 else v) for k, v in args.items()},
+                             **{k: (v[..., :8] if isinstance(v, np.ndarray) and v.ndim == 3 else v)
+                                for k, v in kw.items()})  # compile
+            return lambda: m.selective_scan(**args, **kw, check_finite=False)
+        import torch  # mamba_ssm's selective_scan_ref on PyTorch CPU
+
+        ref = _mamba_selective_scan_ref()
+        args, kw = _sel_inputs(b, d, L, N)
+        targs = {k: torch.as_tensor(v) for k, v in args.items()}
+        tkw = {k: (torch.as_tensor(v) if isinstance(v, np.ndarray) else v) for k, v in kw.items()}
+        return lambda: ref(**targs, **tkw)
+
+    return Case(op="selective_scan", impl=impl, dtype="float64" if impl == "numpy" else "float32",
+                shape={"b": b, "d": d, "L": L, "N": N}, setup=setup, bytes=nbytes, flops=n * N * 6,
+                bound="memory", peer=peer,
+                goal={"gpu": GOAL_SEL, "cpu": "cpu: >= 10x mamba_ssm's selective_scan_ref on PyTorch CPU; >= 20x "
+                      "the NumPy reference"}.get(impl, ""), note=note, repeats=5 if impl != "gpu" else 20)
+
+
+def cases(quick):
+    out = []
+    if quick:
+        gpu_shapes, cpu_long, cpu_batch = [(1, 1 << 20), (16, 1 << 16)], (1, 1 << 16), (8, 1 << 12)
+        sel_gpu, sel_cpu = (2, 256, 512, 16), (1, 32, 256, 16)
+    else:
+        gpu_shapes, cpu_long, cpu_batch = [(1, 1 << 28), (4096, 1 << 16)], (1, 1 << 20), (64, 1 << 16)
+        sel_gpu, sel_cpu = (2, 4096, 4096, 16), (1, 128, 1024, 16)
+    for S, L in gpu_shapes:
+        out += [_lin_case("gpu", S, L, peer="torch.cumsum(gpu)"), _lin_case("torch.cumsum(gpu)", S, L),
+                _lin_case("cupy.cumsum(gpu)", S, L)]
+    out += [_lin_case("numpy", *cpu_long, note="float64 reference: the sequential loop"),
+            _lin_case("cpu", *cpu_long, peer="scipy.lfilter"),
+            _lin_case("scipy.lfilter", *cpu_long, note="constant a (lfilter's model)"),
+            _lin_case("cpu", *cpu_batch, peer="scipy.lfilter"),
+            _lin_case("scipy.lfilter", *cpu_batch, note="constant a (lfilter's model)")]
+    out += [_sel_case("gpu", *sel_gpu, peer="exp-floor(gpu)",
+                      note="D, z, delta_bias, softplus; peer = the exponentials alone"),
+            _sel_case("exp-floor(gpu)", *sel_gpu, note="b*d*L*N ex2.approx, no memory traffic"),
+            _sel_case("numpy", *sel_cpu), _sel_case("cpu", *sel_cpu, peer="mamba_ref(torch-cpu)"),
+            _sel_case("mamba_ref(torch-cpu)", *sel_cpu, note="selective_scan_ref transcribed, PyTorch CPU")]
+    return out
+
+
+def summary(path):
+    """Print the chapter's figures from a results JSON: GB/s, % of copy, ratios to the peers and floors."""
+    import json
+
+    data = json.loads(open(path).read())
+    res = [r for r in data["results"] if r["op"] in ("linear_scan", "selective_scan") and r["ms"]]
+    copy = data["ceilings"].get("gpu", {}).get("copy_bytes_per_s")
+    key = lambda r: json.dumps(r["shape"], sort_keys=True)  # noqa: E731
+    by = {(r["op"], key(r), r["impl"]): r for r in res}
+    for r in res:
+        extra = ""
+        if r["op"] == "linear_scan" and r["impl"] == "gpu":
+            gbs = r["bytes"] / r["ms"] / 1e6
+            t = by.get(("linear_scan", key(r), "torch.cumsum(gpu)"))
+            c = by.get(("linear_scan", key(r), "cupy.cumsum(gpu)"))
+            extra = (f"{gbs:.0f} GB/s = {100 * gbs * 1e9 / copy:.1f}% of copy; torch.cumsum {t['ms']:.3f} ms "
+                     f"({t['ms'] / r['ms']:.2f}x), cupy.cumsum {c['ms']:.3f} ms ({c['ms'] / r['ms']:.2f}x)"
+                     if t and c else f"{gbs:.0f} GB/s")
+        if r["op"] == "selective_scan" and r["impl"] == "gpu":
+            f = by.get(("selective_scan", key(r), "exp-floor(gpu)"))
+            floor = max(r["ceiling_ms"] or 0, f["ms"] if f else 0)
+            extra = (f"bytes floor {r['ceiling_ms']:.3f} ms, exp floor {f['ms'] if f else float('nan'):.3f} ms: "
+                     f"{r['ms'] / floor:.2f}x the floor")
+        if r["impl"] == "cpu":
+            p = by.get((r["op"], key(r), r["peer"])) if r["peer"] else None
+            n = by.get((r["op"], key(r), "numpy"))
+            extra = (f"vs {r['peer']}: {p['ms'] / r['ms']:.2f}x " if p else "") + \
+                    (f"vs numpy: {n['ms'] / r['ms']:.1f}x" if n else "")
+        print(f"{r['op']:<15}{r['impl']:<22}{json.dumps(r['shape']):<44}{r['ms']:>10.3f} ms  {extra}")
+
+
+def variants():
+    """Time the kernels' compile-time variants at the benchmark shapes (for choosing the defaults)."""
+    import cupy as cp
+
+    import refimpl.scan.gpu as gpu
+    from benchmarks.core import time_gpu
+
+    copy = None
+    src = cp.random.standard_normal(1 << 28, dtype=cp.float32)
+    dst = cp.empty_like(src)
+    copy = time_gpu(lambda: dst.__setitem__(Ellipsis, src))
+    del src, dst
+    bw = 8 * (1 << 28) / copy / 1e6
+    print(f"copy 2^28 f32: {copy:.3f} ms, {bw:.0f} GB/s")
+    default = dict(gpu.LINEAR_CONFIG)
+    for S, L in ((1, 1 << 28), (4096, 1 << 16)):
+        a, b = _lin_inputs(S, L, xp=cp)
+        for threads, J in ((256, 4), (256, 8), (512, 4), (128, 8), (512, 2)):
+            gpu.LINEAR_CONFIG.update(THREADS=threads, J=J)
+            ms = time_gpu(lambda: gpu.linear_scan(a, b, check_finite=False))
+            print(f"linear_scan S{S} L{L} THREADS {threads} J {J}: {ms:.3f} ms = "
+                  f"{100 * 12 * S * L / ms / 1e6 / bw:.1f}% of copy")
+        del a, b
+    gpu.LINEAR_CONFIG.update(default)
+    args, kw = _sel_inputs(2, 4096, 4096, 16, xp=cp)
+    for kernel in ("states", "warp"):
+        gpu.SELECTIVE_KERNEL = kernel
+        ms = time_gpu(lambda: gpu.selective_scan(**args, **kw, check_finite=False))
+        print(f"selective_scan {kernel}: {ms:.3f} ms")
+    gpu.SELECTIVE_KERNEL = "auto"
