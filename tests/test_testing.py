@@ -68,3 +68,18 @@ def test_to_numpy_takes_dlpack_and_array_protocol():
 
     a = np.arange(4.0)
     np.testing.assert_array_equal(to_numpy(Wrapped(a)), a)
+
+
+def test_to_numpy_takes_jax_arrays():
+    jnp = pytest.importorskip("jax.numpy")
+    np.testing.assert_array_equal(to_numpy(jnp.arange(3.0)), np.arange(3.0))
+
+
+@pytest.mark.gpu
+def test_assert_close_takes_cupy_arrays(rng):
+    import cupy as cp
+
+    e = rng.standard_normal(100)
+    assert_close(cp.asarray(e.astype(np.float32)), e, op="zoh_diag")
+    with pytest.raises(AssertionError, match="max abs error"):
+        assert_close(cp.asarray(e[::-1].copy()), e, op="zoh_diag")
