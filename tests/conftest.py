@@ -27,7 +27,7 @@ def pytest_collection_modifyitems(config, items):
     why = gpu_reason()
     if not why:
         return
-    skip = pytest.mark.skip(reason=f"GPU test: {why}")
+    skip = pytest.mark.skip(reason=f"GPU test, no GPU here: {why.split(';')[0]}")
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)

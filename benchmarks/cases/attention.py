@@ -87,6 +87,10 @@ def _decode_cpu(b, h, h_k, d, L, impl):
 
 
 def cases(quick: bool) -> list[Case]:
+    import os
+
+    cfg = os.environ.get("REFIMPL_ATTENTION_CONFIG", "")
+    note = f"kernel config REFIMPL_ATTENTION_CONFIG={cfg}" if cfg else "default kernel config"
     out = []
     d = 128
     for L in ((1024,) if quick else (4096, 16384)):
@@ -97,7 +101,8 @@ def cases(quick: bool) -> list[Case]:
         for impl, setup in (("gpu", _prefill_gpu(b, h, L, d, False)), ("gpu:api", _prefill_gpu(b, h, L, d, True)),
                             ("torch.sdpa(gpu)", _prefill_torch(b, h, L, d))):
             out.append(Case("attention", impl, "float16", shape, setup, bytes=nbytes, flops=flops, bound="compute",
-                            peer=None if impl.startswith("torch") else "torch.sdpa(gpu)", goal=PREFILL_GOAL))
+                            peer=None if impl.startswith("torch") else "torch.sdpa(gpu)", goal=PREFILL_GOAL,
+                            note=note))
     h, h_k = 32, 8
     for b, L in (((1, 4096),) if quick else ((1, 32768), (8, 32768), (1, 131072))):
         shape = {"b": b, "h": h, "h_k": h_k, "d": d, "cache": L}
@@ -108,7 +113,7 @@ def cases(quick: bool) -> list[Case]:
                             ("torch.sdpa(gpu)", _decode_torch(b, h, h_k, d, L, "cuda"))):
             out.append(Case("attention_with_kvcache", impl, "float16", shape, setup, bytes=nbytes, flops=flops,
                             peer=None if impl.startswith("torch") else "torch.sdpa(gpu)", goal=DECODE_GOAL,
-                            repeats=50))
+                            repeats=50, note=note))
     # CPU decode: b1, GQA 32/8, d128, a 4K (quick: 1K) cache, float32
     L = 1024 if quick else 4096
     shape = {"b": 1, "h": h, "h_k": h_k, "d": d, "cache": L}
@@ -120,29 +125,91 @@ def cases(quick: bool) -> list[Case]:
     return out
 
 
-def sweep():
-    """Decode time against the split count, and prefill time, on the GPU (a tuning table, printed)."""
+
+
+FWD_VARIANTS = [{}, {"FWD_FASTEXP": 1}, {"FWD_DBUF": 1}, {"FWD_DBUF": 1, "FWD_FASTEXP": 1}, {"FWD_BN": 32},
+                {"FWD_DBUF": 1, "FWD_BN": 32}, {"FWD_WARPS": 8}, {"FWD_WARPS": 8, "FWD_DBUF": 1},
+                {"FWD_WARPS": 8, "FWD_DBUF": 1, "FWD_FASTEXP": 1}]
+DEC_VARIANTS = [(4, 4), (4, 3), (8, 3), (2, 6), (8, 2), (4, 6)]
+DEC_BLOCKS = (1, 2, 3, 4, 6, 8)
+
+
+def sweep(best_path=None):
+    """Tuning on the GPU: every kernel variant is checked against the reference on fresh inputs, then
+    timed; the fastest correct configuration is written (JSON, for REFIMPL_ATTENTION_CONFIG) to best_path."""
+    import json
+
     import cupy as cp
 
+    import refimpl.attention as ref
     from benchmarks.core import gpu_ceiling, time_gpu
     from refimpl.attention import gpu
+    from refimpl.testing import compare
 
     ceil = gpu_ceiling()
     bw = ceil["copy_bytes_per_s"]
     print(f"copy {bw / 1e9:.0f} GB/s, fp16 matmul {ceil['matmul_flops_per_s'] / 1e12:.0f} TFLOP/s")
+    rng = np.random.default_rng(0)
+    qs, ks, vs = (rng.standard_normal((2, 300, n, 128)).astype(np.float16) for n in (8, 2, 2))
+    want_pre = ref.attention(qs, ks, vs, causal=True)
+    qd = rng.standard_normal((3, 1, 8, 128)).astype(np.float16)
+    kc, vc = (rng.standard_normal((3, 2000, 2, 128)).astype(np.float16) for _ in range(2))
+    lens = np.array([5, 1999, 777])
+    want_dec = ref.attention_with_kvcache(qd, kc, vc, cache_seqlens=lens, causal=True)
     rs = cp.random.RandomState(1)
-    for b, L in ((1, 32768), (8, 32768), (1, 131072)):
-        q = rs.standard_normal((b, 1, 32, 128), dtype=cp.float32).astype(cp.float16)
-        kc, vc = (rs.standard_normal((b, L, 8, 128), dtype=cp.float32).astype(cp.float16) for _ in range(2))
-        nbytes = 2 * kc.nbytes
-        for ns in (0, 16, 32, 64, 128, 256, 512):
-            ms = time_gpu(gpu.plan(q, kc, vc, cache_seqlens=L, num_splits=ns), repeats=30)
-            print(f"decode b{b} L{L} splits {ns or 'auto':>4}: {ms * 1e3:8.1f} us  {nbytes / ms / 1e6:7.0f} GB/s"
-                  f"  {100 * nbytes / ms / 1e-3 / bw:5.1f}% of copy")
-        del q, kc, vc
-    for L in (4096, 16384):
-        q, k, v = (rs.standard_normal((1, L, 32, 128), dtype=cp.float32).astype(cp.float16) for _ in range(3))
-        for causal in (True, False):
-            ms = time_gpu(gpu.plan(q, k, v, causal=causal), repeats=10)
-            fl = 4 * 32 * L * L * 128 / (2 if causal else 1)
-            print(f"prefill L{L} causal {causal}: {ms:.3f} ms  {fl / ms / 1e9:6.0f} TFLOP/s")
+    base_f, base_d = dict(gpu.FWD_CONFIG), dict(gpu.DEC_CONFIG)
+    best = {}
+
+    def save(cfg):
+        best.update(cfg)
+        if best_path:
+            with open(best_path, "w") as f:
+                json.dump(best, f)
+
+    pre = {L: tuple(rs.standard_normal((1, L, 32, 128), dtype=cp.float32).astype(cp.float16) for _ in range(3))
+           for L in (4096, 16384)}
+    base_ms, best_score = None, None
+    for var in FWD_VARIANTS:
+        gpu.FWD_CONFIG.clear()
+        gpu.FWD_CONFIG.update(base_f, **var)
+        err = compare(gpu.attention(qs, ks, vs, causal=True), want_pre, rtol=5e-3, atol=1e-4)
+        line = f"fwd {var}: err {err.rel_l2:.1e} {'ok' if err.passed else 'FAIL'}"
+        ms = {}
+        for L, (q, k, v) in pre.items():
+            ms[L] = time_gpu(gpu.plan(q, k, v, causal=True), repeats=10)
+            line += f" | L{L} {ms[L]:.3f} ms {4 * 32 * L * L * 128 / 2 / ms[L] / 1e9:4.0f} TF/s"
+        base_ms = base_ms or ms
+        score = sum(ms[L] / base_ms[L] for L in ms)
+        if err.passed and (best_score is None or score < best_score):
+            best_score = score
+            save(dict(gpu.FWD_CONFIG))
+        print(line, flush=True)
+    del pre
+    gpu.FWD_CONFIG.clear()
+    gpu.FWD_CONFIG.update(base_f)
+    shapes = ((1, 32768), (8, 32768), (1, 131072))
+    dec = {(b, L): (rs.standard_normal((b, 1, 32, 128), dtype=cp.float32).astype(cp.float16),
+                    *(rs.standard_normal((b, L, 8, 128), dtype=cp.float32).astype(cp.float16) for _ in range(2)))
+           for b, L in shapes}
+    best_min = None
+    for unroll, stages in DEC_VARIANTS:
+        gpu.DEC_CONFIG.update(DEC_UNROLL=unroll, DEC_STAGES=stages)
+        errs = [compare(gpu.attention_with_kvcache(qd, kc, vc, cache_seqlens=lens, causal=True, num_splits=n),
+                        want_dec, rtol=5e-3, atol=1e-4) for n in (0, 1, 7)]
+        ok = all(e.passed for e in errs)
+        print(f"dec unroll {unroll} stages {stages}: err {max(e.rel_l2 for e in errs):.1e} {'ok' if ok else 'FAIL'}",
+              flush=True)
+        for per_sm in DEC_BLOCKS:
+            gpu.DEC_CONFIG["DEC_BLOCKS_PER_SM"] = per_sm
+            line, pct = f"  blocks/SM {per_sm}:", []
+            for (b, L), (q, k, v) in dec.items():
+                ms = time_gpu(gpu.plan(q, k, v, cache_seqlens=L), repeats=30)
+                pct.append(100 * 2 * k.nbytes / ms / 1e-3 / bw)
+                line += f" b{b} L{L} {1e3 * ms:.0f} us {pct[-1]:.0f}% |"
+            print(line, flush=True)
+            if ok and (best_min is None or min(pct) > best_min):
+                best_min = min(pct)
+                save(dict(gpu.DEC_CONFIG))
+    gpu.DEC_CONFIG.clear()
+    gpu.DEC_CONFIG.update(base_d)
+    print("best", json.dumps(best))

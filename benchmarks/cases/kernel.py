@@ -70,10 +70,10 @@ def _vk_case(impl, H, N, L, note=""):
 
             run = int(impl.split("run")[1]) if "run" in impl else None
             checked = impl == "gpu:checked"
-            m.vandermonde_kernel(lam, B, C, dt, L, run=run)  # compile
+            m.vandermonde_kernel_run(lam, B, C, dt, L, run=run)  # compile
             if impl == "gpu:kernel-only":  # the launch alone, inputs already laid out
                 return m.prepare(lam, B, C, dt, L, check_finite=False)[0]
-            return lambda: m.vandermonde_kernel(lam, B, C, dt, L, run=run, check_finite=checked)
+            return lambda: m.vandermonde_kernel_run(lam, B, C, dt, L, run=run, check_finite=checked)
         # peer: materialize the (H, N, L) Vandermonde matrix (8 GiB in complex64) and contract it
         import refimpl.discretize.gpu as d
 
@@ -157,7 +157,7 @@ def accuracy_report(H=4, N=64, lengths=(16384, 65536)):
         import refimpl.kernel.gpu as gpu
 
         for run in (16, 32, 64):
-            impls.append((f"gpu run{run}", lambda *a, r=run: gpu.vandermonde_kernel(*a, run=r)))
+            impls.append((f"gpu run{run}", lambda *a, r=run: gpu.vandermonde_kernel_run(*a, run=r)))
     except ImportError as exc:
         print(f"(no GPU rows: {str(exc).split(';')[0]})")
     for L in lengths:

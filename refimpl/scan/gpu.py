@@ -1,0 +1,201 @@
+"""CuPy raw-kernel twins of ``refimpl.scan``: ``linear_scan`` (float32 / complex64) and ``selective_scan``.
+
+Same names and signatures as the reference. Inputs may be NumPy or CuPy arrays; results are CuPy arrays on
+the current device. Kernels:
+
+- ``linear_scan.cu``: one pass over memory (a, b read once, h written once: 12 bytes per float32 element).
+  Each block scans a tile of 8192 elements in registers (serial per thread, warp shuffles across lanes and
+  warps) and joins the tiles before it by a two-level decoupled look-back whose combination order depends
+  only on the tile's index: bitwise identical results run to run. 64-bit offsets.
+- ``selective_scan.cu``, two kernels. For N <= 16 (Mamba's default): 8 lanes per (batch, channel), each
+  lane two states over the whole sequence, no scan across lanes; y by a shuffle reduce-scatter; B and C
+  tiles double-buffered in shared memory (cp.async) for the block's 16 channels. Otherwise: one warp per
+  channel, the sequence split across its lanes and joined by a shuffle scan per state. Real A only
+  (complex A: use ``refimpl.scan.cpu`` or the reference).
+
+Glossary as in ``refimpl.scan``: a, b, h (..., L), h0 (...); u, delta, z (b, d, L), A (d, N), B, C.
+"""
+
+from __future__ import annotations
+
+import pathlib
+
+import numpy as np
+
+from .. import _gpu
+from .._gpu import cp
+from . import scan_shape, selective_shape
+
+__all__ = ["linear_scan", "selective_scan"]
+
+_HERE = pathlib.Path(__file__).parent
+
+
+def _smem_attributes(fn, smem):
+    """Allow ``smem`` bytes of dynamic shared memory and ask for the largest shared-memory carveout."""
+    if smem > 48 * 1024:
+        fn.max_dynamic_shared_size_bytes = smem
+    if smem > 16 * 1024:
+        try:
+            fn.preferred_shared_memory_carveout = 100
+        except (AttributeError, Exception):  # a hint only; older CuPy has no setter
+            pass
+
+
+def _finite(name, a, check_finite):
+    if check_finite and a is not None and not bool(cp.isfinite(a).all()):
+        raise ValueError(f"{name}: contains NaN or inf (pass check_finite=False to skip this check)")
+
+
+def _device(name, x, complex_ok=True):
+    if x is None:
+        return None
+    a = x if isinstance(x, cp.ndarray) else cp.asarray(np.asarray(x))
+    if a.dtype.kind not in "biufc" or (a.dtype.kind == "c" and not complex_ok):
+        raise TypeError(f"{name}: expected a {'numeric' if complex_ok else 'real'} array, got dtype {a.dtype}")
+    return a
+
+
+def linear_scan(a, b, h0=None, *, check_finite=True):
+    """GPU twin of ``refimpl.scan.linear_scan``: complex64 when an input is complex, else float32.
+
+    One kernel launch; deterministic (bitwise identical run to run); any number of sequences and any L.
+    """
+    a, b, h0 = _device("a", a), _device("b", b), _device("h0", h0)
+    shape = scan_shape(a.shape, b.shape, None if h0 is None else h0.shape)
+    for name, x in (("a", a), ("b", b), ("h0", h0)):
+        _finite(name, x, check_finite)
+    cplx = any(x is not None and x.dtype.kind == "c" for x in (a, b, h0))
+    dtype = cp.complex64 if cplx else cp.float32
+    L = shape[-1]
+    S = int(np.prod(shape[:-1], dtype=np.int64))
+    # broadcast_to + ascontiguousarray copies only when an argument is really broadcast
+    a2 = cp.ascontiguousarray(cp.broadcast_to(a, shape), dtype=dtype).reshape(S, L)
+    b2 = cp.ascontiguousarray(cp.broadcast_to(b, shape), dtype=dtype).reshape(S, L)
+    h02 = (cp.zeros(S, dtype=dtype) if h0 is None
+           else cp.ascontiguousarray(cp.broadcast_to(h0, shape[:-1]), dtype=dtype).reshape(S))
+    h = cp.empty((S, L), dtype=dtype)
+    if S:
+        _launch_linear(a2, b2, h02, h, S, L, cplx)
+    return h.reshape(shape)
+
+
+#: compile-time shape of linear_scan.cu: THREADS per block, J 16-byte loads of a (and of b) per thread, SMEM 1:
+#: the tile staged in shared memory by cp.async (0: held in registers), MINB blocks per SM asked of the
+#: compiler (__launch_bounds__), SPIN_NS a look-back back-off. See benchmarks/cases/scan.py:variants().
+LINEAR_CONFIG = {"THREADS": 256, "J": 8, "SMEM": 1, "MINB": 3, "SPIN_NS": 0}
+
+
+def _launch_linear(a, b, h0, h, S, L, cplx):
+    cfg = dict(LINEAR_CONFIG)
+    threads, J = cfg["THREADS"], cfg["J"]
+    per = 2 if cplx else 4  # elements per 16-byte load
+    tile = threads * J * per
+    W = threads  # tiles per window, windows per super-window
+    tiles = -(-L // tile)
+    windows = -(-tiles // W)
+    supers = -(-windows // W)
+    ntiles = S * tiles
+    if ntiles >= 2**31:
+        raise ValueError(f"a: {S} x {L} elements make {ntiles} tiles, more than one launch takes (2^31 - 1)")
+    nt, nw, nx = ntiles, S * windows, S * supers
+    ints = cp.zeros(nt + nw + nx, dtype=cp.int32)        # flags: tiles, windows, super-windows
+    vals = cp.empty(2 * nt + 2 * nw + nx, dtype=h.dtype)  # aggregates (A, B) of tiles and windows; states
+    aligned = L % per == 0 and all(x.data.ptr % 16 == 0 for x in (a, b, h))
+    args = (a, b, h0, h, np.int64(L), np.int64(tiles), np.int64(windows), np.int64(supers),
+            ints[:nt], vals[:nt], vals[nt:2 * nt], ints[nt:nt + nw], vals[2 * nt:2 * nt + nw],
+            vals[2 * nt + nw:2 * nt + 2 * nw], ints[nt + nw:nt + nw + nx], vals[2 * nt + 2 * nw:])
+    name = f"linear_scan_{'c64' if cplx else 'f32'}{'_vec' if aligned else ''}"
+    fn = _gpu.kernel(_HERE / "linear_scan.cu", name, options=tuple(f"-D{k}={int(v)}" for k, v in sorted(cfg.items())))
+    smem = 2 * tile * h.dtype.itemsize if cfg.get("SMEM") else 0  # a and b of one tile
+    _smem_attributes(fn, smem)
+    fn((ntiles,), (threads,), args, shared_mem=smem)
+
+
+# ---------------------------------------------------------------------------------------------------------
+
+_K = 8
+_T = 32 * _K
+
+
+#: "auto": the states-across-lanes kernel where N <= 16 and 4 channels of one group fit a block, else the
+#: warp-per-channel kernel; "states" or "warp" force one (the tests run both)
+SELECTIVE_KERNEL = "auto"
+_ST = 64  # steps per chunk of the states kernel (ST in selective_scan.cu)
+#: most channels per block of the states kernel (they share one B and C tile); 16 measured fastest on an
+#: H100 among 8, 16 and 32
+STATES_MAX_CHANNELS = 16
+
+
+def _channels_per_block(dim, groups, choices):
+    """The most channels per block among ``choices`` such that a block's channels share one group of B, C."""
+    for ch in choices:
+        if dim % ch == 0 and all((dim // g) % ch == 0 for g in groups):
+            return ch
+    return 0
+
+
+def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                   return_last_state=False, *, check_finite=True):
+    """GPU twin of ``refimpl.scan.selective_scan`` in float32 (real A; N <= 64). Deterministic."""
+    u, delta = _device("u", u, complex_ok=False), _device("delta", delta, complex_ok=False)
+    A, B, C = _device("A", A), _device("B", B), _device("C", C)
+    D, z = _device("D", D, complex_ok=False), _device("z", z, complex_ok=False)
+    delta_bias = _device("delta_bias", delta_bias, complex_ok=False)
+    batch, dim, L, N = selective_shape(u.shape, delta.shape, A.shape, B.shape, C.shape,
+                                       None if D is None else D.shape, None if z is None else z.shape,
+                                       None if delta_bias is None else delta_bias.shape)
+    for name, x in (("A", A), ("B", B), ("C", C)):
+        if x.dtype.kind == "c":
+            raise TypeError(f"{name}: the GPU selective_scan takes real A, B, C (got {x.dtype}); for complex A "
+                            f"use refimpl.scan.cpu.selective_scan or refimpl.scan.selective_scan")
+    if batch > 65535:
+        raise ValueError(f"u: the GPU selective_scan takes batch <= 65535, got shape {tuple(u.shape)}")
+    if N > 64:
+        raise ValueError(f"A: the GPU selective_scan takes N <= 64 states, got shape {tuple(A.shape)}")
+    for name, x in (("u", u), ("delta", delta), ("A", A), ("B", B), ("C", C), ("D", D), ("z", z),
+                    ("delta_bias", delta_bias)):
+        _finite(name, x, check_finite)
+    f32 = cp.float32
+    uf = cp.ascontiguousarray(u, dtype=f32)
+    df = cp.ascontiguousarray(delta, dtype=f32)
+    Af = cp.ascontiguousarray(A, dtype=f32)
+    Bf = cp.ascontiguousarray(B if B.ndim != 3 else B[:, None], dtype=f32)
+    Cf = cp.ascontiguousarray(C if C.ndim != 3 else C[:, None], dtype=f32)
+    GB = Bf.shape[1] if Bf.ndim == 4 else 1
+    GC = Cf.shape[1] if Cf.ndim == 4 else 1
+    dummy = cp.zeros(1, dtype=f32)
+    Df = dummy if D is None else cp.ascontiguousarray(D, dtype=f32)
+    zf = dummy if z is None else cp.ascontiguousarray(z, dtype=f32)
+    bf = dummy if delta_bias is None else cp.ascontiguousarray(delta_bias, dtype=f32)
+    out = cp.empty((batch, dim, L), dtype=f32)
+    last = cp.empty((batch, dim, N), dtype=f32) if return_last_state else dummy
+    opts = (int(bool(delta_softplus)) | 2 * (D is not None) | 4 * (z is not None) | 8 * (delta_bias is not None)
+            | 16 * bool(return_last_state))
+    if batch and dim and L:
+        bvar, cvar = Bf.ndim == 4, Cf.ndim == 4
+        vec = L % 4 == 0 and all(x.data.ptr % 16 == 0 for x in (uf, df, zf, out) + ((Bf,) if bvar else ())
+                                 + ((Cf,) if cvar else ()))
+        groups = [g for g, M in ((GB, Bf), (GC, Cf)) if M.ndim == 4]
+        cpb = _channels_per_block(dim, groups, tuple(c for c in (32, 16, 8, 4) if c <= STATES_MAX_CHANNELS))
+        kind = SELECTIVE_KERNEL
+        if kind == "auto" or (kind == "states" and not (N <= 16 and cpb)):
+            kind = "states" if N <= 16 and cpb else "warp"
+        if kind == "states":  # lanes over states, 8 lanes per channel, cpb channels per block
+            threads, grid_x = 8 * cpb, dim // cpb
+            smem = 4 * ((bvar + cvar) * 2 * 16 * (_ST + 4) + 2 * 2 * cpb * _ST)
+            prefix = "selective_states"
+        else:  # a warp per channel, the sequence split across its lanes
+            ch = _channels_per_block(dim, groups, (8, 4, 2, 1))
+            threads, grid_x = 32 * ch, dim // ch
+            smem = 4 * ((bvar + cvar) * N * _T + 4 * ch * N)
+            prefix = "selective_scan"
+        name = f"{prefix}{'_vec' if vec else ''}_{'bv' if bvar else 'bi'}_{'cv' if cvar else 'ci'}"
+        fn = _gpu.kernel(_HERE / "selective_scan.cu", name)
+        _smem_attributes(fn, smem)
+        fn((grid_x, batch), (threads,), (uf, df, Af, Bf, Cf, Df, zf, bf, out, last, np.int32(dim), np.int64(L),
+                                         np.int32(N), np.int32(GB), np.int32(GC), np.int32(opts)),
+           shared_mem=smem)
+    elif return_last_state:
+        last[...] = 0
+    return (out, last) if return_last_state else out

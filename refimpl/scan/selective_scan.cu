@@ -1,0 +1,413 @@
+// selective_scan.cu: Mamba's selective scan, float32, real A, in one pass that keeps the (b, d, L, N) states
+// out of device memory.
+//
+//   dt = softplus(delta + bias);  h_t[n] = exp(dt_t*A[n]) * h_{t-1}[n] + dt_t*u_t*B_t[n]
+//   y_t = sum_n C_t[n]*h_t[n] + D*u_t;  out_t = y_t * silu(z_t)
+//
+// Layout: u, delta, z, out (batch, dim, L) contiguous; A (dim, N); B, C either (dim, N) (time-invariant) or
+// (batch, G, N, L) (a (batch, N, L) array is G = 1), channel d in group d / (dim / G); D, bias (dim,);
+// last (batch, dim, N).
+// Grid: (dim / CH, batch); block: CH warps, warp w owns channel d = blockIdx.x*CH + w (all CH channels in
+// one group, so they share B and C). The sequence is walked in chunks of T = 32*K steps (K = 8): lane l
+// owns the K consecutive steps [c0 + l*K, c0 + l*K + K). Per chunk:
+//   - every lane loads its K values of u and delta (two 16-byte loads each) and forms dt, dt*u, D*u;
+//   - the block loads the B and C tiles (N x T each) into shared memory once for its CH channels; rows are
+//     stored with 16-byte chunks swizzled (chunk c at c ^ ((c >> 3) & 1)) so that a quarter-warp reading
+//     chunks 2l and 2l+1 hits 8 distinct bank groups: conflict-free 16-byte reads;
+//   - for each state n: dA = exp2(dt*A*log2 e) (one MUFU each), dBu = dt*u*B; the lane scans its K pairs
+//     serially, a 5-step shuffle scan joins the 32 lanes, the carried state (shared memory, one float per
+//     warp and n) enters as h_in, and the lane replays its K steps from its true start, adding C*h to y.
+//   The states live in registers for one n at a time; only (CH x N) carries persist, in shared memory.
+// Steps past L are padded with dt = 0, u = 0, B = C = 0: (dA, dBu) = (1, 0), the identity.
+// Traffic: u, delta (and z) read once, out written once, B and C read once per block from L2.
+// opts: bit 0 softplus, 1 D given, 2 z given, 3 delta_bias given, 4 last state wanted.
+// Offsets are 64-bit (long long): batch*dim*L may pass 2^31.
+
+#define K 8
+#define T (32 * K)
+#define LOG2E 1.4426950408889634f
+
+__device__ __forceinline__ float ex2(float x)
+{
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+
+__device__ __forceinline__ int swz(int t)  // position of step t of a tile row in shared memory
+{
+    const int c = t >> 2;
+    return ((c ^ ((c >> 3) & 1)) << 2) | (t & 3);
+}
+
+template <bool VEC>
+__device__ __forceinline__ void load_k(const float* __restrict__ p, long long t0, long long L, float (&v)[K])
+{
+    if (VEC && t0 + K <= L) {
+        const float4 x = __ldcs(reinterpret_cast<const float4*>(p + t0));
+        const float4 y = __ldcs(reinterpret_cast<const float4*>(p + t0 + 4));
+        v[0] = x.x; v[1] = x.y; v[2] = x.z; v[3] = x.w; v[4] = y.x; v[5] = y.y; v[6] = y.z; v[7] = y.w;
+    } else {
+#pragma unroll
+        for (int i = 0; i < K; ++i) v[i] = t0 + i < L ? p[t0 + i] : 0.f;
+    }
+}
+
+// one shared-memory tile row (N x T) of a variable B or C for the chunk starting at c0
+template <bool VEC>
+__device__ __forceinline__ void load_tile(const float* __restrict__ M, float* tile, long long c0, long long L,
+                                          int N)
+{
+    if (VEC) {  // L % 4 == 0: 16-byte loads, a vector is either whole or past the end
+        for (int q = threadIdx.x; q < N * (T / 4); q += blockDim.x) {
+            const int n = q / (T / 4), c = q - n * (T / 4);
+            const long long t = c0 + 4 * c;
+            const float4 v = t < L ? __ldg(reinterpret_cast<const float4*>(M + (long long)n * L + t))
+                                   : make_float4(0.f, 0.f, 0.f, 0.f);
+            *reinterpret_cast<float4*>(tile + n * T + swz(4 * c)) = v;
+        }
+    } else {
+        for (int q = threadIdx.x; q < N * T; q += blockDim.x) {
+            const int n = q / T, i = q - n * T;
+            const long long t = c0 + i;
+            tile[n * T + swz(i)] = t < L ? M[(long long)n * L + t] : 0.f;
+        }
+    }
+}
+
+// a lane's K values of B (or C) at its steps: from the swizzled tile row, or the time-invariant value
+template <bool VAR>
+__device__ __forceinline__ void lane_values(const float* row, float invariant, int lane, float (&v)[K])
+{
+    if (VAR) {
+        const float4 x = *reinterpret_cast<const float4*>(row + swz(lane * K));
+        const float4 y = *reinterpret_cast<const float4*>(row + swz(lane * K + 4));
+        v[0] = x.x; v[1] = x.y; v[2] = x.z; v[3] = x.w; v[4] = y.x; v[5] = y.y; v[6] = y.z; v[7] = y.w;
+    } else {
+#pragma unroll
+        for (int i = 0; i < K; ++i) v[i] = invariant;
+    }
+}
+
+// the arguments of every kernel here (D, z, bias may all be one dummy array, and last too when not written)
+#define SARGS                                                                                               \
+    const float *__restrict__ u, const float *__restrict__ delta, const float *__restrict__ A,               \
+        const float *__restrict__ B, const float *__restrict__ C, const float *__restrict__ D,               \
+        const float *__restrict__ z, const float *__restrict__ bias, float *__restrict__ out,                \
+        float *__restrict__ last, int dim, long long L, int N, int GB, int GC, int opts
+
+template <bool VEC, bool BVAR, bool CVAR>
+__device__ __forceinline__ void selective_scan_impl(SARGS)
+{
+    extern __shared__ float4 smem4[];
+    float* smem = reinterpret_cast<float*>(smem4);
+    const int CH = blockDim.x >> 5;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    float* Bs = smem;                            // N x T (variable B)
+    float* Cs = Bs + (BVAR ? N * T : 0);         // N x T (variable C)
+    float* carry = Cs + (CVAR ? N * T : 0);      // CH x N
+    float* A2 = carry + CH * N;                  // CH x N: A*log2(e)
+    float* Bw = A2 + CH * N;                     // CH x N: time-invariant B
+    float* Cw = Bw + CH * N;                     // CH x N: time-invariant C
+
+    const int bi = blockIdx.y;
+    const int d = blockIdx.x * CH + warp;
+    const long long row = ((long long)bi * dim + d) * L;
+    const float* Bg = B;
+    const float* Cg = C;
+    if (BVAR) Bg = B + ((long long)bi * GB + (long long)(blockIdx.x * CH) / (dim / GB)) * N * L;
+    if (CVAR) Cg = C + ((long long)bi * GC + (long long)(blockIdx.x * CH) / (dim / GC)) * N * L;
+    for (int n = lane; n < N; n += 32) {
+        carry[warp * N + n] = 0.f;
+        A2[warp * N + n] = A[(long long)d * N + n] * LOG2E;
+        if (!BVAR) Bw[warp * N + n] = B[(long long)d * N + n];
+        if (!CVAR) Cw[warp * N + n] = C[(long long)d * N + n];
+    }
+    const bool softplus = opts & 1, has_z = opts & 4, has_last = opts & 16;
+    const float Dd = (opts & 2) ? D[d] : 0.f;
+    const float bd = (opts & 8) ? bias[d] : 0.f;
+
+    for (long long c0 = 0; c0 < L; c0 += T) {
+        const long long t0 = c0 + (long long)lane * K;
+        float uu[K], dt[K], du[K], y[K];
+        load_k<VEC>(u + row, t0, L, uu);
+        load_k<VEC>(delta + row, t0, L, dt);
+#pragma unroll
+        for (int i = 0; i < K; ++i) {
+            float x = dt[i] + bd;
+            if (softplus) x = x <= 20.f ? log1pf(__expf(x)) : x;
+            dt[i] = t0 + i < L ? x : 0.f;  // past the end: dt = 0 makes the step the identity
+            du[i] = dt[i] * uu[i];
+            y[i] = Dd * uu[i];
+        }
+        __syncthreads();  // the previous chunk's tiles are no longer read
+        if (BVAR) load_tile<VEC>(Bg, Bs, c0, L, N);
+        if (CVAR) load_tile<VEC>(Cg, Cs, c0, L, N);
+        __syncthreads();
+
+        for (int n = 0; n < N; ++n) {
+            const float a2 = A2[warp * N + n];
+            float bv[K], dA[K], dB[K];
+            lane_values<BVAR>(Bs + n * T, Bw[warp * N + n], lane, bv);
+#pragma unroll
+            for (int i = 0; i < K; ++i) { dA[i] = ex2(dt[i] * a2); dB[i] = du[i] * bv[i]; }
+            float pA = dA[0], pB = dB[0];  // the lane's K steps composed
+#pragma unroll
+            for (int i = 1; i < K; ++i) { pB = fmaf(dA[i], pB, dB[i]); pA *= dA[i]; }
+#pragma unroll
+            for (int s = 1; s < 32; s *= 2) {  // inclusive scan over the lanes, in lane order
+                const float qA = __shfl_up_sync(0xffffffffu, pA, s), qB = __shfl_up_sync(0xffffffffu, pB, s);
+                if (lane >= s) { pB = fmaf(pA, qB, pB); pA *= qA; }
+            }
+            float xA = __shfl_up_sync(0xffffffffu, pA, 1), xB = __shfl_up_sync(0xffffffffu, pB, 1);
+            if (lane == 0) { xA = 1.f; xB = 0.f; }
+            float h = fmaf(xA, carry[warp * N + n], xB);  // the state before the lane's first step
+            float cv[K];
+            lane_values<CVAR>(Cs + n * T, Cw[warp * N + n], lane, cv);
+#pragma unroll
+            for (int i = 0; i < K; ++i) { h = fmaf(dA[i], h, dB[i]); y[i] = fmaf(cv[i], h, y[i]); }
+            const float hl = __shfl_sync(0xffffffffu, h, 31);
+            __syncwarp();
+            if (lane == 0) carry[warp * N + n] = hl;
+            __syncwarp();
+        }
+        if (has_z) {
+            float zz[K];
+            load_k<VEC>(z + row, t0, L, zz);
+#pragma unroll
+            for (int i = 0; i < K; ++i) y[i] *= zz[i] / (1.f + __expf(-zz[i]));
+        }
+        if (VEC && t0 + K <= L) {
+            __stcs(reinterpret_cast<float4*>(out + row + t0), make_float4(y[0], y[1], y[2], y[3]));
+            __stcs(reinterpret_cast<float4*>(out + row + t0 + 4), make_float4(y[4], y[5], y[6], y[7]));
+        } else {
+#pragma unroll
+            for (int i = 0; i < K; ++i)
+                if (t0 + i < L) out[row + t0 + i] = y[i];
+        }
+    }
+    if (has_last) {
+        __syncwarp();
+        for (int n = lane; n < N; n += 32) last[((long long)bi * dim + d) * N + n] = carry[warp * N + n];
+    }
+}
+
+#define SPASS u, delta, A, B, C, D, z, bias, out, last, dim, L, N, GB, GC, opts
+#define SKERNEL(name, VEC, BV, CV)                                                                          \
+    __global__ void __launch_bounds__(256) name(SARGS) { selective_scan_impl<VEC, BV, CV>(SPASS); }
+
+// the 8 instances of a kernel: 16-byte loads or not (vec), B and C variable (bv, cv) or time-invariant (bi, ci)
+#define EIGHT(K, prefix)                                                                                    \
+    K(prefix##_vec_bv_cv, true, true, true) K(prefix##_vec_bv_ci, true, true, false)                        \
+    K(prefix##_vec_bi_cv, true, false, true) K(prefix##_vec_bi_ci, true, false, false)                      \
+    K(prefix##_bv_cv, false, true, true) K(prefix##_bv_ci, false, true, false)                              \
+    K(prefix##_bi_cv, false, false, true) K(prefix##_bi_ci, false, false, false)
+
+extern "C" {
+EIGHT(SKERNEL, selective_scan)
+}
+
+// =========================================================================================================
+// selective_scan_states: the fast path for N <= 16 (Mamba's default), states across lanes.
+//
+// Grid: (dim / CPB, batch); block: CPB channels x 8 lanes (CPB in {4, 8, 16, 32}; all CPB channels in one
+// group of B and C). Lane p (0..7) of a channel owns the states n = p and n = p + 8 (absent ones have
+// B = C = 0) and walks the WHOLE sequence itself: h = exp2(dt*A*log2 e)*h + dt*u*B, two independent chains
+// per lane and no scan across lanes at all. Only y_t = sum_n C_t[n]*h_t[n] needs the other lanes: each lane
+// keeps 16 partial sums y_t (two states each) and a three-round shuffle reduce-scatter over the 8 lanes
+// (xor 4, 2, 1; each round halves what a lane holds) leaves lane p with the full y of steps 2p and 2p + 1
+// of each block of 16: 7 shuffles per lane per 16 steps and 2 states, not a 5-step scan per state.
+// The sequence is walked in chunks of T = 64 steps, double-buffered in shared memory:
+//   - B and C tiles (16 x T, rows padded to T + 4 so the 8 lanes of a channel, reading rows p at one step,
+//     hit 8 distinct bank groups) arrive by cp.async (16-byte, zero-filled past L) one chunk ahead;
+//   - u, delta, z of the next chunk are prefetched into registers by the thread that will write the
+//     outputs of the same steps (steps 16j + 2p, 16j + 2p + 1), which forms dt = softplus(delta + bias),
+//     dt*u (to shared memory, read back by the 8 lanes as 16-byte broadcasts), D*u and silu(z).
+// One __syncthreads per chunk. The exponentials (MUFU) depend on dt only, not on h: the compiler hoists
+// them ahead of the h chains, and the kernel runs at the rate of its exponentials.
+// =========================================================================================================
+
+#define ST 64       // steps per chunk
+#define STP (ST + 4)  // padded tile row
+
+__device__ __forceinline__ void cp_async16(void* smem_ptr, const void* gptr, bool in)
+{
+    const unsigned s = (unsigned)__cvta_generic_to_shared(smem_ptr);
+    const int n = in ? 16 : 0;  // 0 source bytes: the 16 bytes are zero-filled
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(s), "l"(gptr), "r"(n));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;"); }
+__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_group 0;" ::: "memory"); }
+
+// the 16 x ST tile of a variable B or C for the chunk at c0 into shared memory (rows n >= N are zeros)
+template <bool VEC>
+__device__ __forceinline__ void tile_async(const float* __restrict__ M, float* tile, long long c0, long long L,
+                                           int N)
+{
+    for (int q = threadIdx.x; q < 16 * (ST / 4); q += blockDim.x) {
+        const int n = q / (ST / 4), c = q - n * (ST / 4);
+        const long long t = c0 + 4 * c;
+        float* dst = tile + n * STP + 4 * c;
+        if (VEC) {
+            const bool in = n < N && t < L;
+            cp_async16(dst, in ? (const void*)(M + (long long)n * L + t) : (const void*)M, in);
+        } else {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) dst[e] = (n < N && t + e < L) ? M[(long long)n * L + t + e] : 0.f;
+        }
+    }
+    cp_async_commit();
+}
+
+// a thread's 8 steps of a (batch, dim, L) row in the chunk at c0: steps 16j + 2p, +1 for j = 0..3
+template <bool VEC>
+__device__ __forceinline__ void load_steps(const float* __restrict__ row, long long c0, long long L, int p,
+                                           float (&v)[8])
+{
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+        const long long t = c0 + 16 * j + 2 * p;
+        if (VEC && t < L) {  // L % 4 == 0: the pair is whole or past the end
+            const float2 x = __ldcs(reinterpret_cast<const float2*>(row + t));
+            v[2 * j] = x.x; v[2 * j + 1] = x.y;
+        } else {
+            v[2 * j] = t < L ? row[t] : 0.f;
+            v[2 * j + 1] = t + 1 < L ? row[t + 1] : 0.f;
+        }
+    }
+}
+
+template <bool VEC, bool BVAR, bool CVAR>
+__device__ __forceinline__ void selective_states_impl(SARGS)
+{
+    extern __shared__ float4 smem4[];
+    float* smem = reinterpret_cast<float*>(smem4);
+    const int CPB = blockDim.x >> 3;
+    float* tB = smem;                              // [2][16][STP]
+    float* tC = tB + (BVAR ? 2 * 16 * STP : 0);    // [2][16][STP]
+    float* sdt = tC + (CVAR ? 2 * 16 * STP : 0);   // [2][CPB][ST]
+    float* sdu = sdt + 2 * CPB * ST;               // [2][CPB][ST]
+
+    const int lane = threadIdx.x & 31, p = lane & 7, ci = threadIdx.x >> 3;
+    const int d = blockIdx.x * CPB + ci, bi = blockIdx.y;
+    const long long row = ((long long)bi * dim + d) * L;
+    const bool softplus = opts & 1, has_z = opts & 4, has_last = opts & 16;
+    const float Dd = (opts & 2) ? D[d] : 0.f;
+    const float bd = (opts & 8) ? bias[d] : 0.f;
+    const int n0 = p, n1 = p + 8;
+    const float a0 = n0 < N ? A[(long long)d * N + n0] * LOG2E : 0.f;
+    const float a1 = n1 < N ? A[(long long)d * N + n1] * LOG2E : 0.f;
+    float B0 = 0.f, B1 = 0.f, C0 = 0.f, C1 = 0.f;  // time-invariant B, C
+    if (!BVAR) { B0 = n0 < N ? B[(long long)d * N + n0] : 0.f; B1 = n1 < N ? B[(long long)d * N + n1] : 0.f; }
+    if (!CVAR) { C0 = n0 < N ? C[(long long)d * N + n0] : 0.f; C1 = n1 < N ? C[(long long)d * N + n1] : 0.f; }
+    const float* Bg = B;
+    const float* Cg = C;
+    if (BVAR) Bg = B + ((long long)bi * GB + (long long)(blockIdx.x * CPB) / (dim / GB)) * N * L;
+    if (CVAR) Cg = C + ((long long)bi * GC + (long long)(blockIdx.x * CPB) / (dim / GC)) * N * L;
+
+    float pu[8], pd[8], pz[8];
+    load_steps<VEC>(u + row, 0, L, p, pu);
+    load_steps<VEC>(delta + row, 0, L, p, pd);
+    if (has_z) load_steps<VEC>(z + row, 0, L, p, pz);
+    if (BVAR) tile_async<VEC>(Bg, tB, 0, L, N);
+    if (CVAR) tile_async<VEC>(Cg, tC, 0, L, N);
+
+    float h0 = 0.f, h1 = 0.f;
+    for (long long c0 = 0, chunk = 0; c0 < L; c0 += ST, ++chunk) {
+        const int buf = (int)(chunk & 1);
+        float yD[8], zs[8];
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {  // dt, dt*u to shared memory; D*u and silu(z) kept for the output
+            const int t = 16 * (i >> 1) + 2 * p + (i & 1);
+            float x = pd[i] + bd;
+            if (softplus) x = x <= 20.f ? log1pf(__expf(x)) : x;
+            x = c0 + t < L ? x : 0.f;  // past the end: dt = 0, the identity step
+            sdt[(buf * CPB + ci) * ST + t] = x;
+            sdu[(buf * CPB + ci) * ST + t] = x * pu[i];
+            yD[i] = Dd * pu[i];
+            zs[i] = has_z ? __fdividef(pz[i], 1.f + __expf(-pz[i])) : 1.f;
+        }
+        cp_async_wait_all();
+        __syncthreads();
+        if (c0 + ST < L) {  // prefetch the next chunk while this one is computed
+            load_steps<VEC>(u + row, c0 + ST, L, p, pu);
+            load_steps<VEC>(delta + row, c0 + ST, L, p, pd);
+            if (has_z) load_steps<VEC>(z + row, c0 + ST, L, p, pz);
+            if (BVAR) tile_async<VEC>(Bg, tB + (buf ^ 1) * 16 * STP, c0 + ST, L, N);
+            if (CVAR) tile_async<VEC>(Cg, tC + (buf ^ 1) * 16 * STP, c0 + ST, L, N);
+        }
+        const float* rdt = sdt + (buf * CPB + ci) * ST;
+        const float* rdu = sdu + (buf * CPB + ci) * ST;
+        const float* rB0 = tB + buf * 16 * STP + n0 * STP;
+        const float* rB1 = rB0 + 8 * STP;
+        const float* rC0 = tC + buf * 16 * STP + n0 * STP;
+        const float* rC1 = rC0 + 8 * STP;
+        float y[8];
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            float yp[16];
+#pragma unroll
+            for (int q = 0; q < 4; ++q) {
+                const int t = 16 * j + 4 * q;
+                const float4 dt4 = *reinterpret_cast<const float4*>(rdt + t);
+                const float4 du4 = *reinterpret_cast<const float4*>(rdu + t);
+                float4 b0 = make_float4(B0, B0, B0, B0), b1 = make_float4(B1, B1, B1, B1);
+                float4 c0v = make_float4(C0, C0, C0, C0), c1v = make_float4(C1, C1, C1, C1);
+                if (BVAR) { b0 = *reinterpret_cast<const float4*>(rB0 + t); b1 = *reinterpret_cast<const float4*>(rB1 + t); }
+                if (CVAR) { c0v = *reinterpret_cast<const float4*>(rC0 + t); c1v = *reinterpret_cast<const float4*>(rC1 + t); }
+                const float dts[4] = {dt4.x, dt4.y, dt4.z, dt4.w}, dus[4] = {du4.x, du4.y, du4.z, du4.w};
+                const float b0s[4] = {b0.x, b0.y, b0.z, b0.w}, b1s[4] = {b1.x, b1.y, b1.z, b1.w};
+                const float c0s[4] = {c0v.x, c0v.y, c0v.z, c0v.w}, c1s[4] = {c1v.x, c1v.y, c1v.z, c1v.w};
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    h0 = fmaf(ex2(dts[e] * a0), h0, dus[e] * b0s[e]);
+                    h1 = fmaf(ex2(dts[e] * a1), h1, dus[e] * b1s[e]);
+                    yp[4 * q + e] = fmaf(c1s[e], h1, c0s[e] * h0);
+                }
+            }
+            // reduce-scatter over the 8 lanes of the channel: lane p ends with steps 2p, 2p + 1
+#pragma unroll
+            for (int k = 0; k < 8; ++k) {
+                const bool up = p & 4;
+                const float send = up ? yp[k] : yp[k + 8], keep = up ? yp[k + 8] : yp[k];
+                yp[k] = keep + __shfl_xor_sync(0xffffffffu, send, 4);
+            }
+#pragma unroll
+            for (int k = 0; k < 4; ++k) {
+                const bool up = p & 2;
+                const float send = up ? yp[k] : yp[k + 4], keep = up ? yp[k + 4] : yp[k];
+                yp[k] = keep + __shfl_xor_sync(0xffffffffu, send, 2);
+            }
+#pragma unroll
+            for (int k = 0; k < 2; ++k) {
+                const bool up = p & 1;
+                const float send = up ? yp[k] : yp[k + 2], keep = up ? yp[k + 2] : yp[k];
+                yp[k] = keep + __shfl_xor_sync(0xffffffffu, send, 1);
+            }
+            y[2 * j] = yp[0];
+            y[2 * j + 1] = yp[1];
+        }
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            const long long t = c0 + 16 * j + 2 * p;
+            const float o0 = (y[2 * j] + yD[2 * j]) * zs[2 * j], o1 = (y[2 * j + 1] + yD[2 * j + 1]) * zs[2 * j + 1];
+            if (VEC && t < L) {
+                __stcs(reinterpret_cast<float2*>(out + row + t), make_float2(o0, o1));
+            } else {
+                if (t < L) out[row + t] = o0;
+                if (t + 1 < L) out[row + t + 1] = o1;
+            }
+        }
+    }
+    if (has_last) {
+        if (n0 < N) last[((long long)bi * dim + d) * N + n0] = h0;
+        if (n1 < N) last[((long long)bi * dim + d) * N + n1] = h1;
+    }
+}
+
+#define SSKERNEL(name, VEC, BV, CV)                                                                         \
+    __global__ void __launch_bounds__(256, 2) name(SARGS) { selective_states_impl<VEC, BV, CV>(SPASS); }
+
+extern "C" {
+EIGHT(SSKERNEL, selective_states)
+}
