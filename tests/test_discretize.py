@@ -27,24 +27,15 @@ def s4d_modes(rng, shape):
 
 # ---------------------------------------------------------------------------------------- reference vs SciPy
 
-def test_zoh_matches_scipy_cont2discrete(rng):
-    A = stable_dense(rng, (), 6)
-    B = rng.standard_normal((6, 2))
-    dt = 0.37
-    Ad, Bd = ref.zoh(A, B, dt)
-    sAd, sBd, *_ = scipy.signal.cont2discrete((A, B, np.eye(6), np.zeros((6, 2))), dt, method="zoh")
-    assert_close(Ad, sAd, op="zoh", dtype="float64")
-    assert_close(Bd, sBd, op="zoh", dtype="float64")
-
-
-def test_bilinear_matches_scipy_cont2discrete(rng):
-    A = stable_dense(rng, (), 5)
-    B = rng.standard_normal((5, 3))
-    dt = 0.2
-    Ad, Bd = ref.bilinear(A, B, dt)
-    sAd, sBd, *_ = scipy.signal.cont2discrete((A, B, np.eye(5), np.zeros((5, 3))), dt, method="bilinear")
-    assert_close(Ad, sAd, op="bilinear", dtype="float64")
-    assert_close(Bd, sBd, op="bilinear", dtype="float64")
+@pytest.mark.parametrize("rule", ["zoh", "bilinear"])
+def test_dense_rules_match_scipy_cont2discrete(rule, rng):
+    N, M, dt = 6, 2, 0.37
+    A = stable_dense(rng, (), N)
+    B = rng.standard_normal((N, M))
+    Ad, Bd = getattr(ref, rule)(A, B, dt)
+    sAd, sBd, *_ = scipy.signal.cont2discrete((A, B, np.eye(N), np.zeros((N, M))), dt, method=rule)
+    assert_close(Ad, sAd, op=rule, dtype="float64")
+    assert_close(Bd, sBd, op=rule, dtype="float64")
 
 
 def test_zoh_is_exact_for_piecewise_constant_input(rng):

@@ -42,21 +42,13 @@ def _same_signature(twin, ref):
     return t[:len(r)] == r and all(kind == inspect.Parameter.KEYWORD_ONLY for _, kind, _ in extra)
 
 
+@pytest.mark.parametrize("twin", ["cpu", pytest.param("gpu", marks=pytest.mark.gpu)])
 @pytest.mark.parametrize("idea", CONTRACT)
-def test_cpu_twins_share_the_reference_signature(idea):
+def test_twins_share_the_reference_signature(idea, twin):
     ref = importlib.import_module(f"refimpl.{idea}")
-    cpu = importlib.import_module(f"refimpl.{idea}.cpu")
+    mod = importlib.import_module(f"refimpl.{idea}.{twin}")
     for name in CONTRACT[idea][1]:
-        assert _same_signature(getattr(cpu, name), getattr(ref, name)), f"refimpl.{idea}.cpu.{name}"
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("idea", CONTRACT)
-def test_gpu_twins_share_the_reference_signature(idea):
-    ref = importlib.import_module(f"refimpl.{idea}")
-    gpu = importlib.import_module(f"refimpl.{idea}.gpu")
-    for name in CONTRACT[idea][1]:
-        assert _same_signature(getattr(gpu, name), getattr(ref, name)), f"refimpl.{idea}.gpu.{name}"
+        assert _same_signature(getattr(mod, name), getattr(ref, name)), f"refimpl.{idea}.{twin}.{name}"
 
 
 @pytest.mark.parametrize("idea", CONTRACT)

@@ -73,6 +73,18 @@ def _bilinear(rng, quick):
 
 # ----------------------------------------------------------------------------------------------- chapter 2
 
+def _legs_N(rng, quick):
+    for N in [1, 2, 3, 8, 17, 64] + ([] if quick else [256]):
+        yield Case(f"N{N}", (N,))
+
+
+def _canonical_nplr(outputs):
+    """Eigenvectors are defined up to a phase per column: fix V[0, j] real and positive (P and B follow)."""
+    Lambda, P, B, V = (np.asarray(o) for o in outputs)
+    phase = V[0] / np.where(np.abs(V[0]) > 0, np.abs(V[0]), 1)
+    return Lambda, P * phase, B * phase, V * phase.conj()
+
+
 def _legs_online(rng, quick):
     for L in [1, 2, 7, 64, 65] + ([] if quick else [257, 1000]):
         t = np.linspace(0, 1, L)
@@ -222,7 +234,7 @@ def _attention_with_kvcache(rng, quick):
 
 GENERATORS = {
     "zoh": _zoh, "zoh_diag": _zoh_diag, "bilinear": _bilinear, "bilinear_diag": _zoh_diag,
-    "legs_online": _legs_online, "legs_reconstruct": _legs_reconstruct,
+    "legs": _legs_N, "legs_nplr": _legs_N, "legs_s4d": _legs_N, "legs_online": _legs_online, "legs_reconstruct": _legs_reconstruct,
     "vandermonde_kernel": _vandermonde_kernel, "power_kernel": _power_kernel, "causal_conv": _causal_conv,
     "linear_scan": _linear_scan, "blelloch_scan": _blelloch_scan, "selective_scan": _selective_scan,
     "ssd": _ssd, "ssd_recurrent": _ssd, "ssd_quadratic": _ssd, "ssd_chunked": _ssd,
@@ -232,9 +244,12 @@ GENERATORS = {
 #: the module holding each op's reference
 MODULES = {
     "zoh": "discretize", "zoh_diag": "discretize", "bilinear": "discretize", "bilinear_diag": "discretize",
-    "legs_online": "hippo", "legs_reconstruct": "hippo",
+    "legs": "hippo", "legs_nplr": "hippo", "legs_s4d": "hippo", "legs_online": "hippo", "legs_reconstruct": "hippo",
     "vandermonde_kernel": "kernel", "power_kernel": "kernel", "causal_conv": "kernel",
     "linear_scan": "scan", "blelloch_scan": "scan", "selective_scan": "scan",
     "ssd": "ssd", "ssd_recurrent": "ssd", "ssd_quadratic": "ssd", "ssd_chunked": "ssd",
     "attention": "attention", "attention_with_kvcache": "attention",
 }
+
+#: outputs defined only up to a symmetry are brought to one canonical form before they are compared
+CANONICAL = {"legs_nplr": _canonical_nplr}

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .cases import GENERATORS, MODULES
+from .cases import CANONICAL, GENERATORS, MODULES
 from .compare import compare, to_numpy
 from .tolerance import _dtype_name, tolerance
 
@@ -122,11 +122,14 @@ def check(fn, op, *, dtype="float32", seed=0, quick=False, convert=None, rtol=No
             if len(report.rows) == 1:
                 traceback.print_exc()
             continue
-        pairs = [(f"out[{i}]" if len(expected) > 1 else "out", a, e) for i, (a, e) in enumerate(zip(actual, expected))]
         if len(actual) != len(expected):
             report.rows.append(Row(case.name, "-", np.inf, np.inf, rtol, atol, False,
                                    f"returned {len(actual)} outputs, expected {len(expected)}"))
             continue
+        if op in CANONICAL:
+            actual = CANONICAL[op](tuple(to_numpy(a) for a in actual))
+            expected = CANONICAL[op](expected)
+        pairs = [(f"out[{i}]" if len(expected) > 1 else "out", a, e) for i, (a, e) in enumerate(zip(actual, expected))]
         for name in case.inplace:
             i = params.index(name)
             pairs.append((name, f_args[i], r_args[i]))
