@@ -103,13 +103,54 @@ def zoh_diag(Lambda, B, dt, *, check_finite=True):
 # ---------------------------------------------------------------------------------------------------------
 # zoh: exp of the augmented matrix Δ·[[A, B], [0, 0]] by scaling and squaring with the diagonal [6/6] Padé
 # approximant (Moler & Van Loan; Golub & Van Loan, Alg. 11.3.1): scale X by 2^-s until ||X||_1 <= 1/2,
-# where the [6/6] approximant's relative error is below 4e-16, then square s times.
+# where the [6/6] approximant's relative error is below 4e-16, then square s times. The matrices are small
+# (N + M of a few dozen), so plain loops beat calls into BLAS/LAPACK and their per-call overhead.
 
 _PADE6 = (1.0, 1.0 / 2, 5.0 / 44, 1.0 / 66, 1.0 / 792, 1.0 / 15840, 1.0 / 665280)
 
 
+@numba.njit(inline="always")
+def _matmul(P, Q, out):
+    """out = P @ Q for small square matrices; the inner loop runs along rows, which LLVM vectorizes."""
+    n = P.shape[0]
+    for i in range(n):
+        for j in range(n):
+            out[i, j] = 0
+        for k in range(n):
+            p = P[i, k]
+            for j in range(n):
+                out[i, j] += p * Q[k, j]
+
+
+@numba.njit(inline="always")
+def _solve_in_place(P, Q):
+    """Q <- P^-1 Q by Gauss-Jordan elimination with partial pivoting (P is overwritten)."""
+    n = P.shape[0]
+    for k in range(n):
+        p = k
+        for r in range(k + 1, n):
+            if abs(P[r, k]) > abs(P[p, k]):
+                p = r
+        if p != k:
+            for j in range(n):
+                P[k, j], P[p, j] = P[p, j], P[k, j]
+                Q[k, j], Q[p, j] = Q[p, j], Q[k, j]
+        inv = 1 / P[k, k]
+        for j in range(n):
+            P[k, j] *= inv
+            Q[k, j] *= inv
+        for i in range(n):
+            if i != k:
+                f = P[i, k]
+                if f != 0:
+                    for j in range(n):
+                        P[i, j] -= f * P[k, j]
+                        Q[i, j] -= f * Q[k, j]
+
+
 @numba.njit(cache=True)
 def _expm_pade6(X):
+    """exp(X) for a small square X: scaling and squaring with the [6/6] Pade approximant."""
     n = X.shape[0]
     norm = 0.0
     for j in range(n):
@@ -120,17 +161,34 @@ def _expm_pade6(X):
     s = 0
     if norm > 0.5:
         s = int(math.ceil(math.log2(norm / 0.5)))
-    Xs = X * (0.5 ** s)
-    X2 = Xs @ Xs
-    X4 = X2 @ X2
-    X6 = X4 @ X2
-    eye = np.eye(n, dtype=X.dtype)
     c = _PADE6
-    V = c[0] * eye + c[2] * X2 + c[4] * X4 + c[6] * X6  # even powers
-    U = Xs @ (c[1] * eye + c[3] * X2 + c[5] * X4)  # odd powers
-    F = np.ascontiguousarray(np.linalg.solve(V - U, V + U))
+    scale = 0.5 ** s
+    Xs = np.empty_like(X)
+    for i in range(n):
+        for j in range(n):
+            Xs[i, j] = X[i, j] * scale  # stored in X's dtype: float32 stays float32
+    X2 = np.empty_like(X)
+    X4 = np.empty_like(X)
+    X6 = np.empty_like(X)
+    _matmul(Xs, Xs, X2)
+    _matmul(X2, X2, X4)
+    _matmul(X4, X2, X6)
+    V = np.empty_like(X)  # the even part
+    W = np.empty_like(X)  # the odd part is Xs @ W
+    for i in range(n):
+        for j in range(n):
+            eye = 1.0 if i == j else 0.0
+            V[i, j] = c[0] * eye + c[2] * X2[i, j] + c[4] * X4[i, j] + c[6] * X6[i, j]
+            W[i, j] = c[1] * eye + c[3] * X2[i, j] + c[5] * X4[i, j]
+    U = X6  # reuse: U = Xs @ W
+    _matmul(Xs, W, U)
+    P = V - U
+    F = V + U
+    _solve_in_place(P, F)
+    G = X2  # reuse as the squaring buffer
     for _ in range(s):
-        F = F @ F
+        _matmul(F, F, G)
+        F, G = G, F
     return F
 
 
