@@ -405,6 +405,28 @@ def test_gpu_cross_check_with_torch_sdpa_fp16(rng):
 
 
 @pytest.mark.gpu
+def test_gpu_decode_merge_is_deterministic(rng):
+    """The last block of each group merges the pieces in a fixed order: repeated calls agree bit for bit (and
+    the per-group counters are back at zero after every call, or the second call would merge too early)."""
+    gpu = pytest.importorskip("refimpl.attention.gpu")
+    q, k, v = qkv(rng, 3, 1, 3000, 32, 8, d=128, dtype="float16")
+    lens = np.array([3000, 1, 1777])
+    for n in (0, 37, 3000):
+        runs = [gpu.attention_with_kvcache(q, k, v, cache_seqlens=lens, num_splits=n, return_lse=True)
+                for _ in range(3)]
+        outs = [(o.get(), l.get()) for o, l in runs]
+        for o, l in outs[1:]:
+            np.testing.assert_array_equal(o, outs[0][0])
+            np.testing.assert_array_equal(l, outs[0][1])
+        for r in range(3):
+            want, want_lse = truth(q[r:r + 1], k[r:r + 1, :lens[r]], v[r:r + 1, :lens[r]], False)
+            assert_close(outs[0][0][r:r + 1], want, op="attention_with_kvcache", dtype="float16",
+                         name=f"num_splits {n} row {r}")
+            assert_close(outs[0][1][r:r + 1], want_lse, op="attention_with_kvcache", dtype="float16",
+                         name=f"lse, num_splits {n} row {r}")
+
+
+@pytest.mark.gpu
 def test_gpu_64bit_offsets(rng):
     """A cache of more than 2^31 elements: row 1 starts past 2^31, which 32-bit offsets would wrap."""
     import cupy as cp

@@ -170,7 +170,7 @@ def test_cpu_chunked_path_matches(rng, monkeypatch):
 
 @pytest.mark.gpu
 def test_gpu_linear_scan_many_windows_and_sequences(rng):
-    """Several look-back windows (256 tiles of 4096) in one sequence, and many sequences, against float64."""
+    """Several look-back windows (256 tiles of 8192) in one sequence, and many sequences, against float64."""
     import refimpl.scan.cpu as cpu
     import refimpl.scan.gpu as gpu
 

@@ -10,6 +10,8 @@ CPU: decode against the NumPy reference and torch SDPA on CPU where torch is ins
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 
 from benchmarks.core import Case
@@ -132,12 +134,14 @@ FWD_VARIANTS = [{}, {"FWD_FASTEXP": 1}, {"FWD_DBUF": 1}, {"FWD_DBUF": 1, "FWD_FA
                 {"FWD_WARPS": 8, "FWD_DBUF": 1, "FWD_FASTEXP": 1}]
 DEC_VARIANTS = [(4, 4), (4, 3), (8, 3), (2, 6), (8, 2), (4, 6)]
 DEC_BLOCKS = (1, 2, 3, 4, 6, 8)
+# split rules for the fused-merge decode kernel (sweep_decode): the shipped rule, then forced blocks per SM
+DEC_RULES = [{}, {"DEC_BLOCKS_PER_SM": 2}, {"DEC_BLOCKS_PER_SM": 3}, {"DEC_FEW_GROUPS_PER_SM": 3},
+             {"DEC_BLOCKS_PER_SM": 1}]
 
 
 def sweep(best_path=None):
     """Tuning on the GPU: every kernel variant is checked against the reference on fresh inputs, then
     timed; the fastest correct configuration is written (JSON, for REFIMPL_ATTENTION_CONFIG) to best_path."""
-    import json
 
     import cupy as cp
 
@@ -213,3 +217,43 @@ def sweep(best_path=None):
     gpu.DEC_CONFIG.clear()
     gpu.DEC_CONFIG.update(base_d)
     print("best", json.dumps(best))
+
+
+def sweep_decode(rules=None):
+    """Decode split rules on the GPU (fused merge): each rule is checked against the reference (automatic and
+    forced split counts), then the three PERFORMANCE.md decode shapes are timed through ``gpu.plan`` (the
+    launch alone) and the public call; % of the copy bandwidth measured in the same run."""
+    import cupy as cp
+
+    import refimpl.attention as ref
+    from benchmarks.core import gpu_ceiling, time_gpu
+    from refimpl.attention import gpu
+    from refimpl.testing import compare
+
+    bw = gpu_ceiling()["copy_bytes_per_s"]
+    print(f"copy {bw / 1e9:.0f} GB/s", flush=True)
+    rng = np.random.default_rng(0)
+    qd = rng.standard_normal((3, 1, 8, 128)).astype(np.float16)
+    kc, vc = (rng.standard_normal((3, 2000, 2, 128)).astype(np.float16) for _ in range(2))
+    lens = np.array([5, 1999, 777])
+    want = ref.attention_with_kvcache(qd, kc, vc, cache_seqlens=lens, causal=True)
+    rs = cp.random.RandomState(1)
+    shapes = ((1, 32768), (8, 32768), (1, 131072))
+    dec = {(b, L): (rs.standard_normal((b, 1, 32, 128), dtype=cp.float32).astype(cp.float16),
+                    *(rs.standard_normal((b, L, 8, 128), dtype=cp.float32).astype(cp.float16) for _ in range(2)))
+           for b, L in shapes}
+    base = dict(gpu.DEC_CONFIG)
+    for rule in rules or DEC_RULES:
+        gpu.DEC_CONFIG.clear()
+        gpu.DEC_CONFIG.update(base, **rule)
+        errs = [compare(gpu.attention_with_kvcache(qd, kc, vc, cache_seqlens=lens, causal=True, num_splits=n),
+                        want, rtol=5e-3, atol=1e-4) for n in (0, 1, 7)]
+        line = f"{json.dumps(rule):<52} err {max(e.rel_l2 for e in errs):.1e} {'ok' if all(e.passed for e in errs) else 'FAIL'}"
+        for (b, L), (q, k, v) in dec.items():
+            splits = gpu._decode_config("f16", b, 1, 32, 8, 128, L, 0, tuple(sorted(gpu.DEC_CONFIG.items())))[2]
+            ms = time_gpu(gpu.plan(q, k, v, cache_seqlens=L), repeats=30)
+            api = time_gpu(lambda: gpu.attention_with_kvcache(q, k, v, cache_seqlens=L, check_finite=False), repeats=30)
+            line += f" | b{b} L{L // 1024}K x{splits} {1e3 * ms:.0f} us {100 * 2 * k.nbytes / ms / 1e-3 / bw:.0f}% api {1e3 * api:.0f}"
+        print(line, flush=True)
+    gpu.DEC_CONFIG.clear()
+    gpu.DEC_CONFIG.update(base)

@@ -241,9 +241,21 @@ def summary(path):
         print(f"{r['op']:<15}{r['impl']:<22}{json.dumps(r['shape']):<44}{r['ms']:>10.3f} ms  {extra}")
 
 
-def variants():
-    """Time the kernels' variants at the benchmark shapes, each checked against the default's output and for
-    bitwise repeatability; leave the fastest correct one configured in refimpl.scan.gpu and return it."""
+#: linear_scan configurations variants() times (see LINEAR_CONFIG in refimpl/scan/gpu.py); DIAG_NOLB = 1 skips
+#: the look-back (wrong results: a timing diagnostic of the look-back's cost, never chosen). Measured on an
+#: H100 on 2026-11-22 with this look-back, % of copy at 1 x 2^28 / 4096 x 65536 as (THREADS, J, MINB):
+#: (256, 8, 3) 76.4 / 83.3 and 74.1 / 84.4 (two runs); without look-back 81.0 / 73.6 (the second not
+#: understood); (256, 4, 6) 74.1 / 79.6; (256, 4, 4) 66.8 / 75.0; (128, 8, 6) 71.7 / 85.9; (512, 4, 2)
+#: 68.7 / 78.5; (256, 8, 2) 64.0 / 76.5; tiles held in registers, not shared memory (128 registers, 2 blocks
+#: per SM) 71.3 / 77.9.
+LINEAR_VARIANTS = [dict(THREADS=256, J=8, MINB=3), dict(THREADS=256, J=8, MINB=3, DIAG_NOLB=1),
+                   dict(THREADS=256, J=6, MINB=4), dict(THREADS=256, J=4, MINB=6), dict(THREADS=128, J=8, MINB=6),
+                   dict(THREADS=512, J=4, MINB=2)]
+
+
+def variants(selective=True, configs=None):
+    """Time the kernels' variants at the benchmark shapes, each checked against the first variant's output and
+    for bitwise repeatability; leave the fastest correct one configured in refimpl.scan.gpu and return it."""
     import cupy as cp
 
     import refimpl.scan.gpu as gpu
@@ -252,27 +264,34 @@ def variants():
     src = cp.random.standard_normal(1 << 28, dtype=cp.float32)
     dst = cp.empty_like(src)
     copy = time_gpu(lambda: dst.__setitem__(Ellipsis, src))
+    add = time_gpu(lambda: cp.add(src, src[::-1], out=dst))  # 12 B/element, like the scan
     del src, dst
     bw = 8 * (1 << 28) / copy / 1e6
-    print(f"copy 2^28 f32: {copy:.3f} ms, {bw:.0f} GB/s")
+    print(f"copy 2^28 f32: {copy:.3f} ms, {bw:.0f} GB/s; a + b -> h (12 B/elem): {add:.3f} ms = "
+          f"{100 * 12 * (1 << 28) / add / 1e6 / bw:.1f}% of copy")
+    base = {"DIAG_NOLB": 0}
+    configs = LINEAR_VARIANTS if configs is None else configs
     default = dict(gpu.LINEAR_CONFIG)
-    configs = [dict(persistent=True, THREADS=256, J=4, blocks_per_sm=3),
-               dict(persistent=True, THREADS=256, J=2, blocks_per_sm=6),
-               dict(persistent=True, THREADS=128, J=4, blocks_per_sm=6),
-               dict(persistent=True, THREADS=512, J=2, blocks_per_sm=3),
-               dict(persistent=True, THREADS=256, J=4, blocks_per_sm=2),
-               dict(persistent=False, THREADS=256, J=8, blocks_per_sm=3),
-               dict(persistent=False, THREADS=256, J=4, blocks_per_sm=3)]
     total = [0.0] * len(configs)
     for S, L in ((1, 1 << 28), (4096, 1 << 16)):
         a, b = _lin_inputs(S, L, xp=cp)
-        gpu.LINEAR_CONFIG.update(default)
-        want = gpu.linear_scan(a, b, check_finite=False)
-        scale = float(cp.linalg.norm(want))
+        try:
+            import torch
+
+            tb = torch.as_tensor(b, device="cuda")
+            out = torch.empty_like(tb)
+            print(f"torch.cumsum S{S} L{L}: {time_gpu(lambda: torch.cumsum(tb, dim=-1, out=out)):.3f} ms")
+            del tb, out
+        except ImportError:
+            pass
+        want, scale = None, None
         for i, cfg in enumerate(configs):
-            gpu.LINEAR_CONFIG.update(cfg)
+            gpu.LINEAR_CONFIG.clear()
+            gpu.LINEAR_CONFIG.update({**default, **base, **cfg})
             try:
                 h = gpu.linear_scan(a, b, check_finite=False)
+                if want is None:
+                    want, scale = h, float(cp.linalg.norm(h))
                 err = float(cp.linalg.norm(h - want)) / scale
                 same = bool(cp.array_equal(gpu.linear_scan(a, b, check_finite=False), h))
                 del h
@@ -281,14 +300,17 @@ def variants():
                 print(f"linear_scan {cfg}: {type(exc).__name__}: {exc}")
                 total[i] = float("inf")
                 continue
-            ok = err < 1e-5 and same
+            ok = err < 1e-5 and same and not cfg.get("DIAG_NOLB")
             total[i] += ms if ok else float("inf")
             print(f"linear_scan S{S} L{L} {cfg}: {ms:.3f} ms = {100 * 12 * S * L / ms / 1e6 / bw:.1f}% of copy, "
-                  f"rel err vs default {err:.1e}, repeatable {same}")
+                  f"rel err vs first {err:.1e}, repeatable {same}", flush=True)
         del a, b, want
-    best = configs[min(range(len(configs)), key=lambda i: total[i])] if min(total) < float("inf") else default
-    gpu.LINEAR_CONFIG.update(best)
-    print("chosen linear_scan config:", best)
+    best = configs[min(range(len(configs)), key=lambda i: total[i])] if min(total) < float("inf") else {}
+    gpu.LINEAR_CONFIG.clear()
+    gpu.LINEAR_CONFIG.update({**default, **base, **best})
+    print("chosen linear_scan config:", gpu.LINEAR_CONFIG)
+    if not selective:
+        return best
     args, kw = _sel_inputs(2, 4096, 4096, 16, xp=cp)
     gpu.SELECTIVE_KERNEL = "auto"
     want = gpu.selective_scan(**args, **kw, check_finite=False)

@@ -106,11 +106,13 @@ constexpr int ring_bytes() { return DEC_STAGES * 2 * DEC_UNROLL * 128 * 16; }
 
 template <typename T, int D, int ROWS>
 __device__ __forceinline__ void decode_split(
-    const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v, float* __restrict__ o_part,
-    float* __restrict__ lse_part, T* __restrict__ out, float* __restrict__ lse, int* __restrict__ counters,
-    const int* __restrict__ kv_len, int b, int s_q, int h, int h_k, long long kv_batch_stride, int chunk,
-    float scale_log2, int causal)
+    const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v, float* __restrict__ work,
+    T* __restrict__ out, float* __restrict__ lse, int* __restrict__ counters, const int* __restrict__ kv_len, int b,
+    int s_q, int h, int h_k, long long kv_batch_stride, int chunk, float scale_log2, int causal)
 {
+    // the pieces: o_part (splits, b * s_q * h, D), then lse_part (splits, b * s_q * h), in one workspace
+    float* __restrict__ o_part = work;
+    float* __restrict__ lse_part = work + (long long)gridDim.x * b * s_q * h * D;
     constexpr int VEC = Vec<T>::N, LPK = D / VEC, KPI = 128 / LPK, UNROLL = DEC_UNROLL, TK = KPI * UNROLL;
     constexpr int NW = 4, NS = DEC_STAGES;
     static_assert(LPK >= 1 && LPK <= 32 && (LPK & (LPK - 1)) == 0, "D / VEC must be a power of 2 <= 32");
@@ -315,52 +317,60 @@ __device__ __forceinline__ void decode_split(
     if (!s_last) return;
     if (tid == 0) *counter = 0;  // every piece has arrived: ready for the next launch
     const long long piece = (long long)b * s_q * h;  // rows per piece
+    constexpr int PER = D / 32;  // one warp per row, lane l owns columns [l * PER, l * PER + PER)
+    static_assert(PER == 2 || PER == 4, "D must be 64 or 128");
 #pragma unroll
-    for (int t = 0; t < (ROWS + NW - 1) / NW; ++t) {  // one warp per row: max and sum of the weights
+    for (int t = 0; t < (ROWS + NW - 1) / NW; ++t) {
         const int r = warp + NW * t, row = r_base + r;
-        if (r < ROWS && row < R) {
-            const int i = row / g, hh = kvh * g + row % g;
-            const long long orow = ((long long)bi * s_q + i) * h + hh;
-            float m = NEG_INF;
-            for (int s = lane; s < splits; s += 32) m = fmaxf(m, __ldcg(lse_part + s * piece + orow));
-#pragma unroll
-            for (int off = 16; off >= 1; off >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, off));
-            float total = 0.f;
-            if (m != NEG_INF)
-                for (int s = lane; s < splits; s += 32) total += expf(__ldcg(lse_part + s * piece + orow) - m);
-#pragma unroll
-            for (int off = 16; off >= 1; off >>= 1) total += __shfl_xor_sync(0xffffffffu, total, off);
-            if (lane == 0) { s_m[r] = m; s_l[r] = total; }
-        }
-    }
-    __syncthreads();
-    for (int idx = tid; idx < ROWS * D; idx += 128) {
-        const int r = idx / D, col = idx % D, row = r_base + r;
-        if (row >= R) continue;
+        if (r >= ROWS || row >= R) continue;
         const int i = row / g, hh = kvh * g + row % g;
         const long long orow = ((long long)bi * s_q + i) * h + hh;
-        const float m = s_m[r], total = s_l[r];
-        float o = 0.f;
-        if (total > 0.f) {
+        const float* lp = lse_part + orow;
+        float m = NEG_INF;
+        for (int s = lane; s < splits; s += 32) m = fmaxf(m, __ldcg(lp + s * piece));
+#pragma unroll
+        for (int off = 16; off >= 1; off >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, off));
+        float o[PER];
+#pragma unroll
+        for (int e = 0; e < PER; ++e) o[e] = 0.f;
+        float total = 0.f;
+        if (m != NEG_INF) {
+            for (int s0 = 0; s0 < splits; s0 += 32) {
+                const int s = s0 + lane;
+                const float w = s < splits ? expf(__ldcg(lp + s * piece) - m) : 0.f;  // 0 for an empty piece
+                total += w;
+                const int n = min(32, splits - s0);
 #pragma unroll 4
-            for (int s = 0; s < splits; ++s) {
-                const float w = expf(__ldcg(lse_part + s * piece + orow) - m);  // 0 for an empty piece
-                o = fmaf(w, __ldcg(o_part + (s * piece + orow) * D + col), o);
+                for (int u = 0; u < n; ++u) {  // pieces in a fixed order: deterministic
+                    const float wu = __shfl_sync(0xffffffffu, w, u);
+                    const float* src = o_part + ((s0 + u) * piece + orow) * D + lane * PER;
+                    if constexpr (PER == 4) {
+                        const float4 x = __ldcg(reinterpret_cast<const float4*>(src));
+                        o[0] = fmaf(wu, x.x, o[0]); o[1] = fmaf(wu, x.y, o[1]);
+                        o[2] = fmaf(wu, x.z, o[2]); o[3] = fmaf(wu, x.w, o[3]);
+                    } else {
+                        const float2 x = __ldcg(reinterpret_cast<const float2*>(src));
+                        o[0] = fmaf(wu, x.x, o[0]); o[1] = fmaf(wu, x.y, o[1]);
+                    }
+                }
             }
+#pragma unroll
+            for (int off = 16; off >= 1; off >>= 1) total += __shfl_xor_sync(0xffffffffu, total, off);
         }
-        Vec<T>::store1(out + orow * D + col, total > 0.f ? o / total : 0.f);
-        if (col == 0) lse[((long long)bi * h + hh) * s_q + i] = total > 0.f ? m + logf(total) : NEG_INF;
+#pragma unroll
+        for (int e = 0; e < PER; ++e)
+            Vec<T>::store1(out + orow * D + lane * PER + e, total > 0.f ? o[e] / total : 0.f);
+        if (lane == 0) lse[((long long)bi * h + hh) * s_q + i] = total > 0.f ? m + logf(total) : NEG_INF;
     }
 }
 
 #define DECODE(TNAME, T, D, ROWS)                                                                           \
     __global__ void __launch_bounds__(128) decode_##TNAME##_d##D##_r##ROWS(                                  \
-        const T* q, const T* k, const T* v, float* o_part, float* lse_part, T* out, float* lse, int* counters, \
-        const int* kv_len, int b, int s_q, int h, int h_k, long long kv_batch_stride, int chunk,              \
-        float scale_log2, int causal)                                                                         \
+        const T* q, const T* k, const T* v, float* work, T* out, float* lse, int* counters, const int* kv_len, \
+        int b, int s_q, int h, int h_k, long long kv_batch_stride, int chunk, float scale_log2, int causal)  \
     {                                                                                                         \
-        decode_split<T, D, ROWS>(q, k, v, o_part, lse_part, out, lse, counters, kv_len, b, s_q, h, h_k,       \
-                                 kv_batch_stride, chunk, scale_log2, causal);                                \
+        decode_split<T, D, ROWS>(q, k, v, work, out, lse, counters, kv_len, b, s_q, h, h_k, kv_batch_stride,  \
+                                 chunk, scale_log2, causal);                                                 \
     }
 extern "C" {
 DECODE(f16, __half, 64, 1) DECODE(f16, __half, 64, 2) DECODE(f16, __half, 64, 4) DECODE(f16, __half, 64, 8)

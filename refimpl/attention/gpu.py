@@ -8,7 +8,8 @@ Kernels (one grid/block comment at the top of each file):
     flash_fwd.cu     prefill: FlashAttention-2-style tiles on tensor cores (mma.sync m16n8k16, fp16 in,
                      fp32 accumulate), online softmax in registers; used for float16 with s_q > 16.
     flash_decode.cu  split-K on CUDA cores (flash-decoding): several blocks per (batch row, kv head), each
-                     over a piece of the keys, merged by log-sum-exp in ``combine``; used for decode
+                     over a piece of the keys; the last block of each group to finish merges the pieces
+                     by log-sum-exp in a fixed order (one launch, deterministic); used for decode
                      (s_q <= 16), for float32, and whenever ``num_splits`` is given.
 Both read per-row key counts (``cache_seqlens`` + s_new), share one GQA index (query head hh reads kv head
 hh // (h // h_k)), align the causal mask bottom-right, and index global memory with 64-bit offsets.
@@ -38,15 +39,16 @@ _HEAD_DIMS = (64, 128)
 _LOG2E = 1.4426950408889634
 # Compile-time shapes of the kernels (macros of the .cu files), chosen by the sweep in
 # benchmarks/cases/attention.py on an H100; both files build with any of the values listed there.
-# The automatic split count (not macros): DEC_WAVES whole waves of decode blocks, a wave being as many blocks
-# as the device holds at once (blocks resident per SM x SMs): a partly filled last wave leaves SMs idle
-# while the slowest pieces finish, which is what one blocks-per-SM rule got wrong for some shapes. Each piece
-# is at least DEC_MIN_TILES tiles long (fewer, longer pieces where the per-block start and the merge cost
-# more than the bandwidth gained). DEC_BLOCKS_PER_SM > 0 restores the old rule (that many blocks per SM).
+# The automatic split count (not macros): pieces per (batch row, kv head, row block) group =
+# floor(blocks-per-SM x SMs / groups), a floor so that no SM gets a block more than the others (the old ceil
+# rule put 3 blocks on some SMs and 2 on the rest, and the SMs with 3 finished last). Blocks per SM: a full
+# wave of resident blocks (3 here: shared memory) when there are many groups (b8: 64 groups), but
+# DEC_FEW_GROUPS_PER_SM (2) when groups < SMs / 4 (b1): fewer, longer pieces were faster there (measured on
+# the H100: b1 32K 74 us at 2 vs 79 at 3). DEC_BLOCKS_PER_SM > 0 forces that many blocks per SM.
 # REFIMPL_ATTENTION_CONFIG (a JSON object of these names) overrides them, for tuning.
 FWD_CONFIG = {"FWD_WARPS": 8, "FWD_BN": 64, "FWD_MINB": 1, "FWD_QREG": 1, "FWD_FASTEXP": 0, "FWD_DBUF": 0}
-DEC_CONFIG = {"DEC_UNROLL": 4, "DEC_STAGES": 4, "DEC_WAVES": 1, "DEC_MIN_TILES": 0, "DEC_BLOCKS_PER_SM": 0}
-_DEC_SPLIT_KEYS = ("DEC_WAVES", "DEC_MIN_TILES", "DEC_BLOCKS_PER_SM")  # not compile-time macros
+DEC_CONFIG = {"DEC_UNROLL": 4, "DEC_STAGES": 4, "DEC_BLOCKS_PER_SM": 0, "DEC_FEW_GROUPS_PER_SM": 2}
+_DEC_SPLIT_KEYS = ("DEC_BLOCKS_PER_SM", "DEC_FEW_GROUPS_PER_SM")  # not compile-time macros
 for _k, _v in json.loads(os.environ.get("REFIMPL_ATTENTION_CONFIG", "{}")).items():
     (FWD_CONFIG if _k.startswith("FWD_") else DEC_CONFIG)[_k] = int(_v)
 _SMEM_SET = {}
@@ -72,6 +74,22 @@ def _device(name, x):
     if a.dtype.kind not in "biuf":
         raise TypeError(f"{name}: expected a real array, got dtype {a.dtype}")
     return a
+
+
+def _contiguous(a, dtype):
+    """``a`` itself when it is already C-contiguous in ``dtype`` (no CuPy call on the hot path), else a copy."""
+    return a if a.dtype == dtype and a.flags.c_contiguous else cp.ascontiguousarray(a, dtype=dtype)
+
+
+def _kv_len(lengths):
+    """Per-row key counts on the device, kept per tuple of lengths (decode steps repeat them): no host-to-device
+    copy per call. The kernels only read it."""
+    return _kv_len_on(cp.cuda.Device().id, lengths)
+
+
+@functools.lru_cache(maxsize=64)
+def _kv_len_on(device_id, lengths):
+    return cp.asarray(np.asarray(lengths, dtype=np.int32))
 
 
 def _finite(name, a, check_finite):
@@ -118,11 +136,9 @@ def _launcher(q, k, v, kv_len, max_len, causal, scale, num_splits):
         return (lambda: fn(grid, (threads,), args, shared_mem=smem)), out, lse
     fn, grid, splits, chunk, ring = _decode_config(tname, b, s_q, h, h_k, d, max_len, num_splits,
                                                    tuple(sorted(DEC_CONFIG.items())))
-    n_rows = b * s_q * h
-    o_part = cp.empty((splits, n_rows, d), dtype=cp.float32)
-    lse_part = cp.empty((splits, n_rows), dtype=cp.float32)
-    args = (q, k, v, o_part, lse_part, out, lse, _counters(grid[1] * grid[2]), kv_len, np.int32(b), np.int32(s_q),
-            np.int32(h), np.int32(h_k), kv_batch_stride, np.int32(chunk), scale_log2, np.int32(bool(causal)))
+    work, counters = _scratch(splits * b * s_q * h * (d + 1), grid[1] * grid[2])
+    args = (q, k, v, work, out, lse, counters, kv_len, np.int32(b), np.int32(s_q), np.int32(h), np.int32(h_k),
+            kv_batch_stride, np.int32(chunk), scale_log2, np.int32(bool(causal)))
     return (lambda: fn(grid, (128,), args, shared_mem=ring)), out, lse
 
 
@@ -135,8 +151,10 @@ def _resident_blocks(fn, smem, threads=128):
         regs_sm = rt.deviceGetAttribute(rt.cudaDevAttrMaxRegistersPerMultiprocessor, dev)
     except Exception:  # H100 figures
         smem_sm, regs_sm = 228 * 1024, 65536
-    static = int(getattr(fn, "shared_size_bytes", 0) or 0)
-    regs = int(getattr(fn, "num_regs", 0) or 128)
+    try:
+        static, regs = int(fn.shared_size_bytes), int(fn.num_regs)
+    except Exception:  # a handle without the attributes: the figures of decode_f16_d128_r4 (ptxas -v)
+        static, regs = 9296, 128
     by_smem = smem_sm // (smem + static + 1024)  # 1 KB per block reserved by the system
     by_regs = regs_sm // (-(-regs // 8) * 8 * threads)
     return max(1, min(by_smem, by_regs, 2048 // threads, 32))
@@ -158,31 +176,35 @@ def _decode_config(tname, b, s_q, h, h_k, d, max_len, num_splits, config):
     if num_splits:
         chunk = max(1, -(-max_len // int(num_splits)))
     else:
-        tiles = max(1, -(-max_len // tk))
-        if cfg["DEC_BLOCKS_PER_SM"] > 0:  # the old rule: about that many blocks per SM
-            want = -(-cfg["DEC_BLOCKS_PER_SM"] * _sm_count() // groups)
-        else:  # whole waves: as many pieces as fill DEC_WAVES waves of resident blocks
-            slots = _resident_blocks(fn, ring) * _sm_count()
-            want = max(1, cfg["DEC_WAVES"] * slots // groups)
-            if cfg["DEC_MIN_TILES"] > 0:
-                want = min(want, max(1, tiles // cfg["DEC_MIN_TILES"]))
-        want = max(1, min(want, tiles))
-        chunk = -(-(-(-max_len // want)) // tk) * tk  # a whole number of tiles per piece
+        sms = _sm_count()
+        per_sm = cfg["DEC_BLOCKS_PER_SM"]
+        if per_sm <= 0:
+            per_sm = cfg["DEC_FEW_GROUPS_PER_SM"] if 4 * groups < sms else _resident_blocks(fn, ring)
+        want = max(1, min(per_sm * sms // groups, -(-max_len // tk)))
+        chunk = max(1, -(-(-(-max_len // want)) // tk)) * tk  # a whole number of tiles per piece (>= 1)
     splits = max(1, -(-max_len // chunk))
     return fn, (splits, h_k * nrb, b), splits, chunk, ring
 
 
-_COUNTERS = {}
+_SCRATCH = {}
+_SCRATCH_KEEP = 1 << 24  # floats (64 MiB): larger workspaces are allocated per call
 
 
-def _counters(n):
-    """int32 counters, zero between launches (the last block of each group sets its counter back to 0); one
-    buffer per (device, stream), grown on demand, so launches on one stream never share a counter in flight."""
+def _scratch(n_floats, n_counters):
+    """(workspace, counters) of the decode kernel, kept per (device, stream) and grown on demand: no allocation
+    per call. Launches on one stream run one after another, so they can share them; the counters are zero
+    between launches (the last block of each group sets its counter back to 0)."""
     key = (cp.cuda.Device().id, cp.cuda.get_current_stream().ptr)
-    buf = _COUNTERS.get(key)
-    if buf is None or buf.size < n:
-        buf = _COUNTERS[key] = cp.zeros(max(n, 1024), dtype=cp.int32)
-    return buf
+    work, counters = _SCRATCH.get(key, (None, None))
+    if counters is None or counters.size < n_counters:
+        counters = cp.zeros(max(n_counters, 1024), dtype=cp.int32)
+    if n_floats > _SCRATCH_KEEP:  # a rare, large split count (a forced num_splits): allocated, not kept
+        _SCRATCH[key] = (work, counters)
+        return cp.empty(n_floats, dtype=cp.float32), counters
+    if work is None or work.size < n_floats:
+        work = cp.empty(max(n_floats, 1 << 20), dtype=cp.float32)
+    _SCRATCH[key] = (work, counters)
+    return work, counters
 
 
 def _run(q, k, v, kv_len, max_len, causal, scale, num_splits):
@@ -202,9 +224,9 @@ def plan(q, k, v, *, causal=False, softmax_scale=None, cache_seqlens=None, num_s
     b, s_q, h, d, s_k, h_k = attention_shape(q.shape, k.shape, v.shape)
     _check_head_dim(d)
     dtype = _compute_dtype(q)
-    q, k, v = (cp.ascontiguousarray(a, dtype=dtype) for a in (q, k, v))
+    q, k, v = (_contiguous(a, dtype) for a in (q, k, v))
     lengths = np.full(b, s_k, dtype=np.int64) if cache_seqlens is None else seqlens_of(cache_seqlens, b, s_k)
-    kv_len = cp.asarray(lengths.astype(np.int32))
+    kv_len = _kv_len(tuple(int(x) for x in lengths))
     launch, out, _ = _launcher(q, k, v, kv_len, int(lengths.max()) if b else 0, causal,
                                scale_of(softmax_scale, d), _num_splits(num_splits))
 
@@ -237,8 +259,8 @@ def attention(q, k, v, *, causal=False, softmax_scale=None, return_lse=False, ch
     for name, a in (("q", q), ("k", k), ("v", v)):
         _finite(name, a, check_finite)
     dtype = _compute_dtype(q)
-    q, k, v = (cp.ascontiguousarray(a, dtype=dtype) for a in (q, k, v))
-    kv_len = cp.full(b, s_k, dtype=cp.int32)
+    q, k, v = (_contiguous(a, dtype) for a in (q, k, v))
+    kv_len = _kv_len((s_k,) * b)
     out, lse = _run(q, k, v, kv_len, s_k, causal, scale, ns)
     return (out, lse) if return_lse else out
 
@@ -291,9 +313,7 @@ def attention_with_kvcache(q, k_cache, v_cache, k=None, v=None, *, cache_seqlens
                 host = new.astype(dtype).get()
                 for r in range(b):
                     orig[r, seqlens[r]:lengths[r]] = host[r]
-    qd = cp.ascontiguousarray(qd, dtype=dtype)
-    kk = cp.ascontiguousarray(kc, dtype=dtype)
-    vv = cp.ascontiguousarray(vc, dtype=dtype)
-    kv_len = cp.asarray(lengths.astype(np.int32))
+    qd, kk, vv = _contiguous(qd, dtype), _contiguous(kc, dtype), _contiguous(vc, dtype)
+    kv_len = _kv_len(tuple(int(x) for x in lengths))
     out, lse = _run(qd, kk, vv, kv_len, int(lengths.max()) if b else 0, causal, scale, ns)
     return (out, lse) if return_lse else out

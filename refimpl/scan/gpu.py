@@ -4,9 +4,10 @@ Same names and signatures as the reference. Inputs may be NumPy or CuPy arrays; 
 the current device. Kernels:
 
 - ``linear_scan.cu``: one pass over memory (a, b read once, h written once: 12 bytes per float32 element).
-  Each block scans a tile of 8192 elements in registers (serial per thread, warp shuffles across lanes and
-  warps) and joins the tiles before it by a two-level decoupled look-back whose combination order depends
-  only on the tile's index: bitwise identical results run to run. 64-bit offsets.
+  Each block copies a tile of 8192 elements into shared memory (cp.async, 3 blocks per SM), scans it (serial
+  per thread, warp shuffles across lanes and warps) and joins the tiles before it by a two-level decoupled
+  look-back whose combination order depends only on the tile's index: bitwise identical results run to
+  run. 64-bit offsets.
 - ``selective_scan.cu``, two kernels. For N <= 16 (Mamba's default): 8 lanes per (batch, channel), each
   lane two states over the whole sequence, no scan across lanes; y by a shuffle reduce-scatter; B and C
   tiles double-buffered in shared memory (cp.async) for the block's 16 channels. Otherwise: one warp per
@@ -80,10 +81,10 @@ def linear_scan(a, b, h0=None, *, check_finite=True):
     return h.reshape(shape)
 
 
-#: compile-time shape of linear_scan.cu: THREADS per block, J 16-byte loads of a (and of b) per thread, SMEM 1:
-#: the tile staged in shared memory by cp.async (0: held in registers), MINB blocks per SM asked of the
-#: compiler (__launch_bounds__), SPIN_NS a look-back back-off. See benchmarks/cases/scan.py:variants().
-LINEAR_CONFIG = {"THREADS": 256, "J": 8, "SMEM": 1, "MINB": 3, "SPIN_NS": 0}
+#: compile-time shape of linear_scan.cu: THREADS per block, J 16-byte copies of a (and of b) per thread (tiles
+#: of 8192 floats, 64 KB of shared memory), MINB blocks per SM asked of the compiler (__launch_bounds__).
+#: (256, 8, 3) measured fastest on an H100 among the variants in benchmarks/cases/scan.py:variants().
+LINEAR_CONFIG = {"THREADS": 256, "J": 8, "MINB": 3}
 
 
 def _launch_linear(a, b, h0, h, S, L, cplx):
@@ -107,8 +108,8 @@ def _launch_linear(a, b, h0, h, S, L, cplx):
             vals[2 * nt + nw:2 * nt + 2 * nw], ints[nt + nw:nt + nw + nx], vals[2 * nt + 2 * nw:])
     name = f"linear_scan_{'c64' if cplx else 'f32'}{'_vec' if aligned else ''}"
     fn = _gpu.kernel(_HERE / "linear_scan.cu", name, options=tuple(f"-D{k}={int(v)}" for k, v in sorted(cfg.items())))
-    smem = 2 * tile * h.dtype.itemsize if cfg.get("SMEM") else 0  # a and b of one tile
-    _smem_attributes(fn, smem)
+    smem = 2 * tile * h.dtype.itemsize  # a and b of one tile
+    _smem_attributes(fn, smem + 1024)  # + the kernel's static shared memory (< 1 KB): it counts against 48 KB too
     fn((ntiles,), (threads,), args, shared_mem=smem)
 
 

@@ -7,14 +7,18 @@
 // One thread block of THREADS threads per tile, tile = blockIdx.x: blocks are dispatched in index order, so
 // a block only ever waits for blocks already running (the assumption CUB's single-pass scan makes too).
 //
-// Inside a tile (all in registers; shared memory holds warp aggregates and look-back totals):
+// Inside a tile (a and b staged in shared memory; registers hold one prefix pair per round):
 //   warp w owns the contiguous segment [w*SEG, (w+1)*SEG) of the tile, SEG = 32*J*E; in round j (0..J-1)
-//   lane l loads the E elements [(j*32 + l)*E, ... + E) of the segment with ONE 16-byte load of a and one
-//   of b (E = 4 floats or 2 complex64): every load instruction of a warp reads 512 contiguous bytes.
-//   1. each thread scans its E pairs serially;
-//   2. a warp-shuffle (Hillis-Steele, 5 steps) scan of the 32 thread aggregates, chained over the J rounds;
-//   3. warp 0 scans the warp aggregates (shuffles again): every element now holds its prefix within the
-//      tile as a pair (A, B), and the tile's aggregate is known.
+//   lane l copies the E elements [(j*32 + l)*E, ... + E) of the segment with ONE 16-byte cp.async of a and
+//   one of b (E = 4 floats or 2 complex64): every copy instruction of a warp reads 512 contiguous bytes, and
+//   no register is held while they are in flight, so MINB = 3 blocks of 64 KB fit an SM (192 KB in flight
+//   per SM, against 2 register-held tiles per SM before: 128 registers a thread).
+//   1. each thread composes its E pairs of a round into one;
+//   2. a warp-shuffle (Hillis-Steele, 5 steps) scan of the 32 thread aggregates, chained over the J rounds:
+//      each thread keeps the exclusive prefix (xA, xB) of each of its J pieces within the warp's segment;
+//   3. warp 0 scans the warp aggregates (shuffles again): the tile's aggregate is known.
+//   At the end each thread re-reads its own a, b from shared memory and runs h = a*h + b over each piece
+//   from the h entering it (xA*h_warp + xB). A thread reads back only what it copied itself: no barrier.
 // Across tiles: a deterministic, two-level decoupled look-back. W = THREADS consecutive tiles of a sequence
 // form a window, W consecutive windows a super-window (W^2 tiles: 2^29 floats at the default sizes).
 // A block publishes its tile aggregate at once, then, one entry per thread, each awaited on its flag,
@@ -22,10 +26,11 @@
 //   - level 2: the aggregates of the windows before its own in its super-window,
 // and combines each list in a FIXED order (a shuffle scan per warp, then the warp totals in order; absent
 // entries are the identity (1, 0), which is exact). The last tile of a window publishes the window's
-// aggregate (level-1 prefix o its own): no tile ever waits for a state, only for aggregates, so there is
+// aggregate (level-1 prefix o its own) as soon as level 1 is done, before it awaits level 2: no tile ever
+// waits for a state, only for aggregates, and window aggregates never wait on one another, so there is
 // no serial chain inside a super-window. Only the state entering a super-window is handed from one to the
-// next (one link per 2^29 elements). h_in = P1(P2(h_super)), h_t = A_t*h_in + B_t. Every sum is formed in
-// an order that depends only on the tile's index, never on timing: bitwise identical results run to run.
+// next (one link per 2^29 elements). h_in = P1(P2(h_super)). Every sum is formed in an order that depends
+// only on the tile's index, never on timing: bitwise identical results run to run.
 //
 // Memory traffic: a and b read once, h written once: 12 bytes per float32 element (+ at most 2*W status
 // entries per tile, from L2). Offsets are 64-bit (long long) throughout: S*L may pass 2^31.
@@ -36,16 +41,10 @@
 #ifndef J
 #define J 8
 #endif
-#ifndef SMEM
-#define SMEM 1  // 1: the tile is staged in shared memory by cp.async; 0: held in registers
-#endif
 #ifndef MINB
-#define MINB 1  // __launch_bounds__ minimum blocks per SM
+#define MINB 3  // __launch_bounds__ minimum blocks per SM (80 registers a thread at THREADS = 256)
 #endif
-#ifndef SPIN_NS
-#define SPIN_NS 0  // back-off of a look-back spin, nanoseconds (0: none)
-#endif
-#ifndef DIAG_NOLB
+#ifndef DIAG_NOLB  // 1: skip the look-back (WRONG results): a timing diagnostic of its cost only
 #define DIAG_NOLB 0
 #endif
 #define WARPS (THREADS / 32)
@@ -107,18 +106,6 @@ union Vec {
     T v[16 / sizeof(T)];
 };
 
-// one 16-byte load of a and one of b at element i0: E consecutive pairs (streamed: read once)
-template <typename T>
-__device__ __forceinline__ void load_pairs(const T* pa, const T* pb, int i0, T (&ra)[16 / sizeof(T)],
-                                           T (&rb)[16 / sizeof(T)])
-{
-    Vec<T> va, vb;
-    va.f4 = __ldcs(reinterpret_cast<const float4*>(pa + i0));
-    vb.f4 = __ldcs(reinterpret_cast<const float4*>(pb + i0));
-#pragma unroll
-    for (int e = 0; e < 16 / (int)sizeof(T); ++e) { ra[e] = va.v[e]; rb[e] = vb.v[e]; }
-}
-
 // cp.async of 16 bytes global -> shared (L2 only, no L1 allocation): no register holds the data in flight
 __device__ __forceinline__ void cp_async16(void* sdst, const void* gsrc)
 {
@@ -130,20 +117,19 @@ __device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wai
 __device__ __forceinline__ void spin(const int* flag)
 {
     const volatile int* f = flag;
-    while (*f == 0) {
-#if SPIN_NS > 0
-        __nanosleep(SPIN_NS);
-#endif
-    }
+    while (*f == 0) { }
 }
 
+// ---- two-level look-back ---------------------------------------------------------------------------------
 // The state h_in entering the tile (written to *s_hin, visible after the block's next __syncthreads).
 // The tile's aggregate (tA_, tB_) is already published (unless last_tile). Two-level look-back, each level
 // combined in a fixed order: level 1 first, then the window aggregate is published (by the window's last
-// tile) BEFORE level 2 is awaited, so window aggregates never wait on one another.
+// tile) BEFORE level 2 is awaited, so window aggregates never wait on one another. Only the threads that
+// wait on a flag fence. (Measured on an H100: awaiting both levels at once, with every thread fencing, was
+// 15-20 % slower than this at both benchmark shapes; not profiled further.)
 template <typename T>
 __device__ __forceinline__ void look_back(T tA_, T tB_, long long tile, long long s, long long jt, bool last_tile,
-                                          const T* __restrict__ h0, long long windows_per_seq,
+                                          T h0s, long long windows_per_seq,
                                           long long supers_per_seq, const int* tflag, const T* tA, const T* tB,
                                           int* wflag, T* wA, T* wB, int* xflag, T* xH, T* s_hin)
 {
@@ -153,7 +139,7 @@ __device__ __forceinline__ void look_back(T tA_, T tB_, long long tile, long lon
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, t = threadIdx.x;
     const long long win = jt / WINDOW, sup = win / WINDOW;
 #if DIAG_NOLB  // timing diagnostic only (WRONG results): no look-back at all
-    if (t == 0) *s_hin = h0[s];
+    if (t == 0) *s_hin = h0s;
     return;
 #endif
     const int k = (int)(jt - win * WINDOW);                   // tiles before this one in its window
@@ -211,7 +197,7 @@ __device__ __forceinline__ void look_back(T tA_, T tB_, long long tile, long lon
             }
         T hx;  // the state entering the super-window
         if (sup == 0) {
-            hx = h0[s];
+            hx = h0s;
         } else {
             spin(xflag + s * supers_per_seq + sup);
             __threadfence();
@@ -226,6 +212,7 @@ __device__ __forceinline__ void look_back(T tA_, T tB_, long long tile, long lon
         }
     }
 }
+
 
 // Warp 0 scans the warp aggregates in s_wA/s_wB (replaced by the warps' exclusive prefixes) and publishes the
 // tile's aggregate (also returned in *s_tA, *s_tB). Call after a __syncthreads.
@@ -253,8 +240,7 @@ __device__ __forceinline__ void block_aggregate(T* s_wA, T* s_wB, T* s_tA, T* s_
 
 // Round r of a thread: its E pairs (ra, rb) at element i0 of the tile -> the exclusive prefix (xA, xB) of the
 // thread's E pairs within the warp's segment, given the carry (cA, cB) of the rounds before (updated).
-// With SCAN_PAIRS, ra/rb are replaced by the inclusive prefixes within the thread's E pairs.
-template <typename T, bool SCAN_PAIRS>
+template <typename T>
 __device__ __forceinline__ void round_prefix(T (&ra)[16 / sizeof(T)], T (&rb)[16 / sizeof(T)], T& cA, T& cB, T& xA,
                                              T& xB, int lane)
 {
@@ -262,14 +248,9 @@ __device__ __forceinline__ void round_prefix(T (&ra)[16 / sizeof(T)], T (&rb)[16
     T tA = ra[0], tB = rb[0];
 #pragma unroll
     for (int e = 1; e < E; ++e) {
-        if (SCAN_PAIRS) {
-            compose(ra[e - 1], rb[e - 1], ra[e], rb[e]);
-            tA = ra[e]; tB = rb[e];
-        } else {
-            T nA = ra[e], nB = rb[e];
-            compose(tA, tB, nA, nB);
-            tA = nA; tB = nB;
-        }
+        T nA = ra[e], nB = rb[e];
+        compose(tA, tB, nA, nB);
+        tA = nA; tB = nB;
     }
     warp_scan(tA, tB, lane);
     xA = shfl_up(tA, 1); xB = shfl_up(tB, 1);  // exclusive prefix of this lane within the round
@@ -296,7 +277,6 @@ __device__ __forceinline__ void store_vec(T* ph, int i0, int valid, const T (&v)
     }
 }
 
-#if SMEM
 // Scan one tile staged in shared memory: cp.async brings a and b in (no registers held while in flight, so
 // MINB blocks fit an SM: more bytes in flight); the thread keeps only its J exclusive prefixes, and at the
 // end re-reads its own a, b from shared memory and runs the recurrence h = a*h + b from h entering each of
@@ -318,6 +298,7 @@ __device__ __forceinline__ void scan_tile(const T* __restrict__ pa, const T* __r
     __shared__ T s_tA, s_tB, s_hin;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const bool last_tile = jt + 1 == tiles_per_seq;
+    const T h0s = h0[s];  // off the look-back's critical path
 
 #pragma unroll
     for (int r = 0; r < J; ++r) {
@@ -344,16 +325,17 @@ __device__ __forceinline__ void scan_tile(const T* __restrict__ pa, const T* __r
         Vec<T> va, vb;
         va.f4 = *reinterpret_cast<const float4*>(s_a + i0);
         vb.f4 = *reinterpret_cast<const float4*>(s_b + i0);
-        round_prefix<T, false>(va.v, vb.v, cA, cB, xA[r], xB[r], lane);
+        round_prefix(va.v, vb.v, cA, cB, xA[r], xB[r], lane);
     }
     if (lane == 0) { s_wA[warp] = cA; s_wB[warp] = cB; }
     __syncthreads();
     block_aggregate(s_wA, s_wB, &s_tA, &s_tB, tile, last_tile, tflag, tA, tB);
     __syncthreads();
-    look_back(s_tA, s_tB, tile, s, jt, last_tile, h0, windows_per_seq, supers_per_seq, tflag, tA, tB, wflag, wA,
+    look_back(s_tA, s_tB, tile, s, jt, last_tile, h0s, windows_per_seq, supers_per_seq, tflag, tA, tB, wflag, wA,
               wB, xflag, xH, &s_hin);
     __syncthreads();
 
+    // ---- write h from the h entering each thread's piece: h = a*h + b, 16-byte streaming stores ----------
     const T hw = mad(s_wA[warp], s_hin, s_wB[warp]);
 #pragma unroll
     for (int r = 0; r < J; ++r) {
@@ -368,75 +350,6 @@ __device__ __forceinline__ void scan_tile(const T* __restrict__ pa, const T* __r
         store_vec(ph, i0, valid, v, VEC);
     }
 }
-#else
-// Scan one tile in registers: pa, pb point at its first element, ph at its first output; valid = elements of
-// the tile inside the sequence; s, jt = sequence and tile in it.
-template <typename T, bool VEC>
-__device__ __forceinline__ void scan_tile(const T* __restrict__ pa, const T* __restrict__ pb, T* __restrict__ ph,
-                                          int valid, long long tile, long long s, long long jt,
-                                          const T* __restrict__ h0, long long tiles_per_seq,
-                                          long long windows_per_seq, long long supers_per_seq, int* tflag, T* tA,
-                                          T* tB, int* wflag, T* wA, T* wB, int* xflag, T* xH)
-{
-    constexpr int E = 16 / sizeof(T);
-    constexpr int SEG = 32 * J * E;
-    constexpr int TILE = WARPS * SEG;
-    __shared__ T s_wA[WARPS], s_wB[WARPS];    // warp aggregates, then warp exclusive prefixes
-    __shared__ T s_tA, s_tB, s_hin;
-
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const bool last_tile = jt + 1 == tiles_per_seq;
-
-    // ---- load: round r, lane l reads elements [warp*SEG + (r*32 + l)*E, +E) -------------------------------
-    T ra[J][E], rb[J][E];
-    if (VEC && valid == TILE) {  // a whole tile: every load unconditional, all 2*J in flight at once
-#pragma unroll
-        for (int r = 0; r < J; ++r) load_pairs(pa, pb, warp * SEG + (r * 32 + lane) * E, ra[r], rb[r]);
-    } else {
-#pragma unroll
-        for (int r = 0; r < J; ++r) {
-            const int i0 = warp * SEG + (r * 32 + lane) * E;
-            if (VEC && i0 + E <= valid) {
-                load_pairs(pa, pb, i0, ra[r], rb[r]);
-            } else {
-#pragma unroll
-                for (int e = 0; e < E; ++e) {  // past the end of the sequence: the identity (1, 0), never zeros
-                    const bool in = i0 + e < valid;
-                    ra[r][e] = in ? pa[i0 + e] : one(T());
-                    rb[r][e] = in ? pb[i0 + e] : zero(T());
-                }
-            }
-        }
-    }
-
-    // ---- 1-3: serial scan in registers, warp scan chained over the rounds, then the warp aggregates -------
-    T cA = one(T()), cB = zero(T());  // prefix of the warp's segment before round r (same in every lane)
-#pragma unroll
-    for (int r = 0; r < J; ++r) {
-        T xA, xB;
-        round_prefix<T, true>(ra[r], rb[r], cA, cB, xA, xB, lane);
-#pragma unroll
-        for (int e = 0; e < E; ++e) compose(xA, xB, ra[r][e], rb[r][e]);
-    }
-    if (lane == 0) { s_wA[warp] = cA; s_wB[warp] = cB; }
-    __syncthreads();
-    block_aggregate(s_wA, s_wB, &s_tA, &s_tB, tile, last_tile, tflag, tA, tB);
-    __syncthreads();
-    look_back(s_tA, s_tB, tile, s, jt, last_tile, h0, windows_per_seq, supers_per_seq, tflag, tA, tB, wflag, wA,
-              wB, xflag, xH, &s_hin);
-    __syncthreads();
-
-    // ---- write h_t = A_t * h_warp + B_t ---------------------------------------------------------------------
-    const T hw = mad(s_wA[warp], s_hin, s_wB[warp]);
-#pragma unroll
-    for (int r = 0; r < J; ++r) {
-        T v[E];
-#pragma unroll
-        for (int e = 0; e < E; ++e) v[e] = mad(ra[r][e], hw, rb[r][e]);
-        store_vec(ph, warp * SEG + (r * 32 + lane) * E, valid, v, VEC);
-    }
-}
-#endif
 
 // one block per tile, tile = blockIdx.x
 template <typename T, bool VEC>

@@ -89,7 +89,7 @@ def assert_close(actual, expected, *, op, dtype=None, rtol=None, atol=None, name
     override the table. The message gives the relative L2 error, the max abs error and where it is.
     """
     if dtype is None:
-        dtype = _dtype_name(getattr(actual, "dtype", np.asarray(actual).dtype))
+        dtype = _dtype_name(actual.dtype if hasattr(actual, "dtype") else to_numpy(actual).dtype)
     t_rtol, t_atol = tolerance(op, dtype)
     c = compare(actual, expected, rtol=t_rtol if rtol is None else rtol, atol=t_atol if atol is None else atol)
     if not c.passed:
