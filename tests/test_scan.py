@@ -348,10 +348,11 @@ def test_selective_reference_matches_mamba_ref(rng, variant):
 
 @pytest.mark.parametrize("impl", twins("scan", ("cpu", "gpu")))
 @pytest.mark.parametrize("variant", list(VARIANTS))
-@pytest.mark.parametrize("kernel", ["states", "warp"])
+@pytest.mark.parametrize("kernel", ["quad", "states", "warp"])
 def test_selective_twins(impl, rng, variant, kernel, monkeypatch):
-    """Every variant against the reference; on the GPU both kernels (states across lanes, warp per channel)."""
-    if impl.name != "gpu" and kernel == "warp":
+    """Every variant against the reference; on the GPU all three kernels (4 lanes x 4 states, 8 lanes x 2 states,
+    warp per channel; d = 8 in 2 groups gives the quad kernel blocks of 16 threads, less than a warp)."""
+    if impl.name != "gpu" and kernel != "states":
         pytest.skip("one CPU twin")
     if impl.name == "gpu":
         monkeypatch.setattr(impl.module, "SELECTIVE_KERNEL", kernel)

@@ -316,8 +316,12 @@ def variants(selective=True, configs=None):
     want = gpu.selective_scan(**args, **kw, check_finite=False)
     scale = float(cp.linalg.norm(want))
     timings = {}
-    for kernel, ch in (("states", 32), ("states", 16), ("states", 8), ("warp", 32)):
-        gpu.SELECTIVE_KERNEL, gpu.STATES_MAX_CHANNELS = kernel, ch
+    for kernel, ch in (("quad", 64), ("quad", 32), ("states", 16), ("states", 8), ("warp", 32)):
+        gpu.SELECTIVE_KERNEL = kernel
+        if kernel == "quad":
+            gpu.QUAD_MAX_CHANNELS = ch
+        else:
+            gpu.STATES_MAX_CHANNELS = ch
         y = gpu.selective_scan(**args, **kw, check_finite=False)
         err = float(cp.linalg.norm(y - want)) / scale
         same = bool(cp.array_equal(gpu.selective_scan(**args, **kw, check_finite=False), y))
@@ -326,7 +330,11 @@ def variants(selective=True, configs=None):
               f"repeatable {same}")
         if err < 1e-5 and same:
             timings[(kernel, ch)] = ms
-    kernel, ch = min(timings, key=timings.get) if timings else ("auto", 32)
-    gpu.SELECTIVE_KERNEL, gpu.STATES_MAX_CHANNELS = ("auto" if kernel == "states" else kernel), ch
+    kernel, ch = min(timings, key=timings.get) if timings else ("auto", 64)
+    gpu.SELECTIVE_KERNEL = "auto" if kernel == "quad" else kernel
+    if kernel == "quad" or kernel == "auto":
+        gpu.QUAD_MAX_CHANNELS = ch
+    else:
+        gpu.STATES_MAX_CHANNELS = ch
     print("chosen selective_scan:", kernel, ch)
     return best, (kernel, ch)

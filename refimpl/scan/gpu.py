@@ -8,9 +8,10 @@ the current device. Kernels:
   per thread, warp shuffles across lanes and warps) and joins the tiles before it by a two-level decoupled
   look-back whose combination order depends only on the tile's index: bitwise identical results run to
   run. 64-bit offsets.
-- ``selective_scan.cu``, two kernels. For N <= 16 (Mamba's default): 8 lanes per (batch, channel), each
-  lane two states over the whole sequence, no scan across lanes; y by a shuffle reduce-scatter; B and C
-  tiles double-buffered in shared memory (cp.async) for the block's 16 channels. Otherwise: one warp per
+- ``selective_scan.cu``, three kernels. For N <= 16 (Mamba's default): 4 lanes per (batch, channel), each
+  lane four states over the whole sequence, no scan across lanes; y by a two-round shuffle reduce-scatter;
+  B and C tiles double-buffered in shared memory (cp.async) for the block's 64 channels (``quad``; the
+  earlier 8-lanes-x-2-states kernel ``states`` is kept, tested, selectable). Otherwise: one warp per
   channel, the sequence split across its lanes and joined by a shuffle scan per state. Real A only
   (complex A: use ``refimpl.scan.cpu`` or the reference).
 
@@ -119,9 +120,25 @@ _K = 8
 _T = 32 * _K
 
 
-#: "auto": the states-across-lanes kernel where N <= 16 and 4 channels of one group fit a block, else the
-#: warp-per-channel kernel; "states" or "warp" force one (the tests run both)
+#: "auto": the quad kernel (4 lanes x 4 states per channel) where N <= 16, else the warp-per-channel kernel;
+#: "quad", "states" (8 lanes x 2 states, 4 channels of one group per block at least) or "warp" force one
+#: (the tests run all three)
 SELECTIVE_KERNEL = "auto"
+#: nvcc options of selective_scan.cu (e.g. "-DQUAD_FAST_SOFTPLUS")
+SELECTIVE_OPTIONS = ()
+#: most channels per block of the quad kernel (4 lanes each); 64 (256 threads, one block per SM at b2 d4096)
+#: measured fastest on an H100 among 16, 32 and 64
+QUAD_MAX_CHANNELS = 64
+_SEL_FN = {}  # (name, options, smem) -> the kernel with its shared-memory attributes set: once, not per call
+
+
+def _selective_fn(name, options, smem):
+    key = (name, tuple(options), smem)
+    fn = _SEL_FN.get(key)
+    if fn is None:
+        fn = _SEL_FN[key] = _gpu.kernel(_HERE / "selective_scan.cu", name, options)
+        _smem_attributes(fn, smem)
+    return fn
 _ST = 64  # steps per chunk of the states kernel (ST in selective_scan.cu)
 #: most channels per block of the states kernel (they share one B and C tile); 16 measured fastest on an
 #: H100 among 8, 16 and 32
@@ -165,7 +182,7 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     Cf = cp.ascontiguousarray(C if C.ndim != 3 else C[:, None], dtype=f32)
     GB = Bf.shape[1] if Bf.ndim == 4 else 1
     GC = Cf.shape[1] if Cf.ndim == 4 else 1
-    dummy = cp.zeros(1, dtype=f32)
+    dummy = uf  # stands for an absent D, z, bias or last: the kernels touch those only when opts says so
     Df = dummy if D is None else cp.ascontiguousarray(D, dtype=f32)
     zf = dummy if z is None else cp.ascontiguousarray(z, dtype=f32)
     bf = dummy if delta_bias is None else cp.ascontiguousarray(delta_bias, dtype=f32)
@@ -180,9 +197,17 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
         groups = [g for g, M in ((GB, Bf), (GC, Cf)) if M.ndim == 4]
         cpb = _channels_per_block(dim, groups, tuple(c for c in (32, 16, 8, 4) if c <= STATES_MAX_CHANNELS))
         kind = SELECTIVE_KERNEL
-        if kind == "auto" or (kind == "states" and not (N <= 16 and cpb)):
-            kind = "states" if N <= 16 and cpb else "warp"
-        if kind == "states":  # lanes over states, 8 lanes per channel, cpb channels per block
+        if kind == "auto" or (kind == "quad" and N > 16):
+            kind = "quad" if N <= 16 else "warp"
+        if kind == "states" and not (N <= 16 and cpb):
+            kind = "warp"
+        if kind == "quad":  # 4 lanes x 4 states per channel, qpb channels per block (any, the block may be < a warp)
+            qpb = _channels_per_block(dim, groups,
+                                      tuple(c for c in (64, 32, 16, 8, 4, 2, 1) if c <= QUAD_MAX_CHANNELS))
+            threads, grid_x = 4 * qpb, dim // qpb
+            smem = 4 * ((bvar + cvar) * 2 * 16 * (_ST + 4) + 2 * 2 * qpb * (_ST + 4))
+            prefix = "selective_quad"
+        elif kind == "states":  # lanes over states, 8 lanes per channel, cpb channels per block
             threads, grid_x = 8 * cpb, dim // cpb
             smem = 4 * ((bvar + cvar) * 2 * 16 * (_ST + 4) + 2 * 2 * cpb * _ST)
             prefix = "selective_states"
@@ -192,8 +217,7 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
             smem = 4 * ((bvar + cvar) * N * _T + 4 * ch * N)
             prefix = "selective_scan"
         name = f"{prefix}{'_vec' if vec else ''}_{'bv' if bvar else 'bi'}_{'cv' if cvar else 'ci'}"
-        fn = _gpu.kernel(_HERE / "selective_scan.cu", name)
-        _smem_attributes(fn, smem)
+        fn = _selective_fn(name, SELECTIVE_OPTIONS, smem)
         fn((grid_x, batch), (threads,), (uf, df, Af, Bf, Cf, Df, zf, bf, out, last, np.int32(dim), np.int64(L),
                                          np.int32(N), np.int32(GB), np.int32(GC), np.int32(opts)),
            shared_mem=smem)

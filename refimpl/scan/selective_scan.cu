@@ -411,3 +411,212 @@ __device__ __forceinline__ void selective_states_impl(SARGS)
 extern "C" {
 EIGHT(SSKERNEL, selective_states)
 }
+
+// =========================================================================================================
+// selective_quad: the default for N <= 16. Four lanes per channel, four states per lane.
+//
+// Why (H100, b2 d4096 L4096 N16): b*d = 8192 channels of 16 states are 64 channels per SM, 16 exponentials
+// per channel and step, 16 MUFU lanes per SM and clock: 64 clocks per step is the floor, and the SM issues 4
+// warp instructions a clock, so every state-step may cost about 8 warp-instruction slots / 32 lanes, all of it
+// included. With 8 lanes of 2 states (selective_states) y = sum_n C h needs 14 shuffles + 28 selects + 14 adds
+// per lane per 16 steps for 32 state-steps (1.75 per state-step), and its dt/du rows (stride 64 floats) and
+// stores hit 4-way bank conflicts. Here lane q (0..3) owns the states n = q, q + 4, q + 8, q + 12 and walks the
+// whole sequence: four independent chains h_k = exp2(dt*A_k*log2 e)*h_k + dt*u*B_k. Its partial sums of y over
+// 16 steps are reduce-scattered over the 4 lanes in two rounds (xor 2: 8 values, xor 1: 4 values: 12 shuffles
+// per 64 state-steps), and leave lane q with the full y of steps 4q .. 4q + 3 of each block of 16, the same
+// 4 steps whose u, delta, z it loads as one 16-byte vector: it forms dt, dt*u (to shared memory, rows padded to
+// ST + 4 floats: conflict-free 16-byte reads by the 8 channels of a warp), D*u and silu(z), and writes out.
+// b*d*4 lanes = 1024 warps of 8 channels: 8 per SM, 2 per scheduler, so up to 255 registers each.
+// B and C tiles as in selective_states (cp.async, 16 x ST, zero rows past N, one chunk ahead); u, delta, z
+// of the next chunk are prefetched into registers. One __syncthreads per chunk.
+// Blocks may be smaller than a warp (4 * CPB threads, CPB = 1, 2, 4): the shuffles name only present lanes.
+// =========================================================================================================
+
+__device__ __forceinline__ float softplus_f(float x)
+{
+#ifdef QUAD_FAST_SOFTPLUS  // MUFU ex2 + lg2; a series where 1 + e would lose e's digits (rel. err < 1e-5)
+    if (x > 20.f) return x;
+    const float e = ex2(x * LOG2E);
+    float l;
+    asm("lg2.approx.ftz.f32 %0, %1;" : "=f"(l) : "f"(1.f + e));
+    const float s = e * fmaf(e, fmaf(e, fmaf(e, -0.25f, 0.33333334f), -0.5f), 1.f);
+    return e < 0.03125f ? s : l * 0.6931471805599453f;
+#else
+    return x <= 20.f ? log1pf(__expf(x)) : x;
+#endif
+}
+
+// a lane's 16 steps of a (batch, dim, L) row in the chunk at c0: steps 16s + 4q .. 16s + 4q + 3, s = 0..3
+template <bool VEC>
+__device__ __forceinline__ void load_quads(const float* __restrict__ row, long long c0, long long L, int q,
+                                           float (&v)[16])
+{
+#pragma unroll
+    for (int s = 0; s < 4; ++s) {
+        const long long t = c0 + 16 * s + 4 * q;
+        if (VEC && t < L) {  // L % 4 == 0: the vector is whole or past the end
+            const float4 x = __ldcs(reinterpret_cast<const float4*>(row + t));
+            v[4 * s] = x.x; v[4 * s + 1] = x.y; v[4 * s + 2] = x.z; v[4 * s + 3] = x.w;
+        } else {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) v[4 * s + e] = t + e < L ? row[t + e] : 0.f;
+        }
+    }
+}
+
+template <bool VEC, bool BVAR, bool CVAR>
+__device__ __forceinline__ void selective_quad_impl(SARGS)
+{
+    extern __shared__ float4 smem4[];
+    float* smem = reinterpret_cast<float*>(smem4);
+    const int CPB = blockDim.x >> 2;
+    float* tB = smem;                              // [2][16][STP]
+    float* tC = tB + (BVAR ? 2 * 16 * STP : 0);    // [2][16][STP]
+    float* sdt = tC + (CVAR ? 2 * 16 * STP : 0);   // [2][CPB][STP]
+    float* sdu = sdt + 2 * CPB * STP;              // [2][CPB][STP]
+    const unsigned mask = blockDim.x >= 32 ? 0xffffffffu : (1u << blockDim.x) - 1u;
+
+    const int q = threadIdx.x & 3, ci = threadIdx.x >> 2;
+    const int d = blockIdx.x * CPB + ci, bi = blockIdx.y;
+    const long long row = ((long long)bi * dim + d) * L;
+    const bool softplus = opts & 1, has_z = opts & 4, has_last = opts & 16;
+    const float Dd = (opts & 2) ? D[d] : 0.f;
+    const float bd = (opts & 8) ? bias[d] : 0.f;
+    float a[4], Bk[4], Ck[4];
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+        const int n = q + 4 * k;
+        a[k] = n < N ? A[(long long)d * N + n] * LOG2E : 0.f;
+        Bk[k] = (!BVAR && n < N) ? B[(long long)d * N + n] : 0.f;
+        Ck[k] = (!CVAR && n < N) ? C[(long long)d * N + n] : 0.f;
+    }
+    const float* Bg = B;
+    const float* Cg = C;
+    if (BVAR) Bg = B + ((long long)bi * GB + (long long)(blockIdx.x * CPB) / (dim / GB)) * N * L;
+    if (CVAR) Cg = C + ((long long)bi * GC + (long long)(blockIdx.x * CPB) / (dim / GC)) * N * L;
+
+    float pu[16], pd[16], pz[16];
+    load_quads<VEC>(u + row, 0, L, q, pu);
+    load_quads<VEC>(delta + row, 0, L, q, pd);
+    if (has_z) load_quads<VEC>(z + row, 0, L, q, pz);
+    if (BVAR) tile_async<VEC>(Bg, tB, 0, L, N);
+    if (CVAR) tile_async<VEC>(Cg, tC, 0, L, N);
+
+    float h[4] = {0.f, 0.f, 0.f, 0.f};
+    for (long long c0 = 0, chunk = 0; c0 < L; c0 += ST, ++chunk) {
+        const int buf = (int)(chunk & 1);
+        float* wdt = sdt + (buf * CPB + ci) * STP;
+        float* wdu = sdu + (buf * CPB + ci) * STP;
+        float yD[16], zs[16];
+#pragma unroll
+        for (int s = 0; s < 4; ++s) {  // dt, dt*u to shared memory; D*u and silu(z) kept for the output
+            float x4[4], xu[4];
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int i = 4 * s + e;
+                float x = pd[i] + bd;
+                if (softplus) x = softplus_f(x);
+                x = c0 + 16 * s + 4 * q + e < L ? x : 0.f;  // past the end: dt = 0, the identity step
+                x4[e] = x;
+                xu[e] = x * pu[i];
+                yD[i] = Dd * pu[i];
+                zs[i] = has_z ? __fdividef(pz[i], 1.f + __expf(-pz[i])) : 1.f;
+            }
+            *reinterpret_cast<float4*>(wdt + 16 * s + 4 * q) = make_float4(x4[0], x4[1], x4[2], x4[3]);
+            *reinterpret_cast<float4*>(wdu + 16 * s + 4 * q) = make_float4(xu[0], xu[1], xu[2], xu[3]);
+        }
+#ifdef QUAD_L2_PREFETCH  // every 4 chunks, ask L2 for the 1 KB of u, delta, z (one row each) 4 chunks ahead
+        if (VEC && q == 0 && (chunk & 3) == 0 && c0 + 8 * ST <= L) {
+            asm volatile("cp.async.bulk.prefetch.L2.global [%0], 1024;" ::"l"(u + row + c0 + 4 * ST) : "memory");
+            asm volatile("cp.async.bulk.prefetch.L2.global [%0], 1024;" ::"l"(delta + row + c0 + 4 * ST) : "memory");
+            if (has_z)
+                asm volatile("cp.async.bulk.prefetch.L2.global [%0], 1024;" ::"l"(z + row + c0 + 4 * ST) : "memory");
+        }
+#endif
+        cp_async_wait_all();
+        __syncthreads();
+        if (c0 + ST < L) {  // prefetch the next chunk while this one is computed
+            load_quads<VEC>(u + row, c0 + ST, L, q, pu);
+            load_quads<VEC>(delta + row, c0 + ST, L, q, pd);
+            if (has_z) load_quads<VEC>(z + row, c0 + ST, L, q, pz);
+            if (BVAR) tile_async<VEC>(Bg, tB + (buf ^ 1) * 16 * STP, c0 + ST, L, N);
+            if (CVAR) tile_async<VEC>(Cg, tC + (buf ^ 1) * 16 * STP, c0 + ST, L, N);
+        }
+        const float* rB = tB + buf * 16 * STP + q * STP;  // row q; rows q + 4k at + 4k * STP
+        const float* rC = tC + buf * 16 * STP + q * STP;
+#pragma unroll
+        for (int s = 0; s < 4; ++s) {
+            float yp[16];
+#ifdef DIAG_NO_SCAN  // timing diagnostic only (wrong results): the memory traffic and element-wise work alone
+#pragma unroll
+            for (int i = 0; i < 16; ++i) yp[i] = 0.f;
+#else
+#pragma unroll
+            for (int g = 0; g < 4; ++g) {
+                const int t = 16 * s + 4 * g;
+                const float4 dt4 = *reinterpret_cast<const float4*>(wdt + t);
+                const float4 du4 = *reinterpret_cast<const float4*>(wdu + t);
+                const float dts[4] = {dt4.x, dt4.y, dt4.z, dt4.w}, dus[4] = {du4.x, du4.y, du4.z, du4.w};
+                float bs[4][4], cs[4][4];
+#pragma unroll
+                for (int k = 0; k < 4; ++k) {
+                    float4 b4 = make_float4(Bk[k], Bk[k], Bk[k], Bk[k]), c4 = make_float4(Ck[k], Ck[k], Ck[k], Ck[k]);
+                    if (BVAR) b4 = *reinterpret_cast<const float4*>(rB + 4 * k * STP + t);
+                    if (CVAR) c4 = *reinterpret_cast<const float4*>(rC + 4 * k * STP + t);
+                    bs[k][0] = b4.x; bs[k][1] = b4.y; bs[k][2] = b4.z; bs[k][3] = b4.w;
+                    cs[k][0] = c4.x; cs[k][1] = c4.y; cs[k][2] = c4.z; cs[k][3] = c4.w;
+                }
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    float acc = 0.f;
+#pragma unroll
+                    for (int k = 0; k < 4; ++k) {
+#ifdef DIAG_NO_EX2  // timing diagnostic only (wrong results): the exponentials replaced by one FFMA
+                        h[k] = fmaf(fmaf(dts[e], a[k], 1.f), h[k], dus[e] * bs[k][e]);
+#else
+                        h[k] = fmaf(ex2(dts[e] * a[k]), h[k], dus[e] * bs[k][e]);
+#endif
+                        acc = k == 0 ? cs[k][e] * h[k] : fmaf(cs[k][e], h[k], acc);
+                    }
+                    yp[4 * g + e] = acc;
+                }
+            }
+            // reduce-scatter over the 4 lanes: xor 2 halves the 16 steps, xor 1 the 8 left; lane q keeps 4q..4q+3
+            const bool up2 = q & 2, up1 = q & 1;
+#pragma unroll
+            for (int k = 0; k < 8; ++k) {
+                const float send = up2 ? yp[k] : yp[k + 8], keep = up2 ? yp[k + 8] : yp[k];
+                yp[k] = keep + __shfl_xor_sync(mask, send, 2);
+            }
+#pragma unroll
+            for (int k = 0; k < 4; ++k) {
+                const float send = up1 ? yp[k] : yp[k + 4], keep = up1 ? yp[k + 4] : yp[k];
+                yp[k] = keep + __shfl_xor_sync(mask, send, 1);
+            }
+#endif
+            const long long t = c0 + 16 * s + 4 * q;
+            float o[4];
+#pragma unroll
+            for (int e = 0; e < 4; ++e) o[e] = (yp[e] + yD[4 * s + e]) * zs[4 * s + e];
+            if (VEC && t < L) {
+                __stcs(reinterpret_cast<float4*>(out + row + t), make_float4(o[0], o[1], o[2], o[3]));
+            } else {
+#pragma unroll
+                for (int e = 0; e < 4; ++e)
+                    if (t + e < L) out[row + t + e] = o[e];
+            }
+        }
+    }
+    if (has_last) {
+#pragma unroll
+        for (int k = 0; k < 4; ++k)
+            if (q + 4 * k < N) last[((long long)bi * dim + d) * N + q + 4 * k] = h[k];
+    }
+}
+
+#define SQKERNEL(name, VEC, BV, CV)                                                                         \
+    __global__ void __launch_bounds__(256) name(SARGS) { selective_quad_impl<VEC, BV, CV>(SPASS); }
+
+extern "C" {
+EIGHT(SQKERNEL, selective_quad)
+}
