@@ -127,6 +127,33 @@ __device__ __forceinline__ void spin(const int* flag)
 // tile) BEFORE level 2 is awaited, so window aggregates never wait on one another. Only the threads that
 // wait on a flag fence. (Measured on an H100: awaiting both levels at once, with every thread fencing, was
 // 15-20 % slower than this at both benchmark shapes; not profiled further.)
+// One look-back level: thread i < count waits for the published pair first + i, each warp scans its pairs in
+// index order and leaves its total in (sA[warp], sB[warp]). The order never depends on timing: deterministic.
+template <typename T>
+__device__ __forceinline__ void gather_level(const int* flag, const T* A, const T* B, long long first, int count,
+                                             int t, int lane, int warp, T* sA, T* sB)
+{
+    T a = one(T()), b = zero(T());
+    if (t < count) {
+        spin(flag + first + t);
+        __threadfence();
+        a = ldcg(A + first + t); b = ldcg(B + first + t);
+    }
+    warp_scan(a, b, lane);
+    if (lane == 31) { sA[warp] = a; sB[warp] = b; }
+}
+
+// Thread 0: the warps' totals of one level folded in warp order, composed after (PA, PB).
+template <typename T>
+__device__ __forceinline__ void fold_level(const T* sA, const T* sB, T& PA, T& PB)
+{
+    for (int w = 0; w < WARPS; ++w) {
+        T nA = sA[w], nB = sB[w];
+        compose(PA, PB, nA, nB);
+        PA = nA; PB = nB;
+    }
+}
+
 template <typename T>
 __device__ __forceinline__ void look_back(T tA_, T tB_, long long tile, long long s, long long jt, bool last_tile,
                                           T h0s, long long windows_per_seq,
@@ -148,24 +175,12 @@ __device__ __forceinline__ void look_back(T tA_, T tB_, long long tile, long lon
     const long long firstw = s * windows_per_seq + win - kw;  // first window of the super-window
     // ---- level 1: the tiles before this one in its window
     if (k > 0) {  // uniform over the block
-        T A1 = one(T()), B1 = zero(T());
-        if (t < k) {
-            spin(tflag + first + t);
-            __threadfence();
-            A1 = ldcg(tA + first + t); B1 = ldcg(tB + first + t);
-        }
-        warp_scan(A1, B1, lane);
-        if (lane == 31) { s_1A[warp] = A1; s_1B[warp] = B1; }
+        gather_level(tflag, tA, tB, first, k, t, lane, warp, s_1A, s_1B);
         __syncthreads();
     }
     if (t == 0) {
         T PA = one(T()), PB = zero(T());
-        if (k > 0)
-            for (int w = 0; w < WARPS; ++w) {
-                T nA = s_1A[w], nB = s_1B[w];
-                compose(PA, PB, nA, nB);
-                PA = nA; PB = nB;
-            }
+        if (k > 0) fold_level(s_1A, s_1B, PA, PB);
         if (k == WINDOW - 1 && !last_tile) {  // last tile of its window: publish the window's aggregate
             T nA = tA_, nB = tB_;
             compose(PA, PB, nA, nB);
@@ -176,25 +191,11 @@ __device__ __forceinline__ void look_back(T tA_, T tB_, long long tile, long lon
         s_PA = PA; s_PB = PB;
     }
     // ---- level 2: the windows before this one in its super-window
-    if (kw > 0) {
-        T A2 = one(T()), B2 = zero(T());
-        if (t < kw) {
-            spin(wflag + firstw + t);
-            __threadfence();
-            A2 = ldcg(wA + firstw + t); B2 = ldcg(wB + firstw + t);
-        }
-        warp_scan(A2, B2, lane);
-        if (lane == 31) { s_2A[warp] = A2; s_2B[warp] = B2; }
-    }
+    if (kw > 0) gather_level(wflag, wA, wB, firstw, kw, t, lane, warp, s_2A, s_2B);
     __syncthreads();
     if (t == 0) {
         T QA = one(T()), QB = zero(T());
-        if (kw > 0)
-            for (int w = 0; w < WARPS; ++w) {
-                T nA = s_2A[w], nB = s_2B[w];
-                compose(QA, QB, nA, nB);
-                QA = nA; QB = nB;
-            }
+        if (kw > 0) fold_level(s_2A, s_2B, QA, QB);
         T hx;  // the state entering the super-window
         if (sup == 0) {
             hx = h0s;
