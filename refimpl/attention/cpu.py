@@ -12,6 +12,9 @@ so memory is O(rows · d) per task, and a decode step (s_q = 1) reads each cache
 head (GQA: the g query heads of a group share the read). Tasks run in parallel (``numba.prange``); when
 there are fewer tasks than threads (decode at batch 1), the keys are split into pieces as well, each
 piece normalized on its own and the pieces merged by their log-sum-exp (``_merge``; see ``merge_lse``).
+Decode (s_q = 1) has its own loop, ``_decode_attention``: a task owns a piece of the keys for every head,
+so it streams a contiguous stretch of the (b, s, h_k, d) cache; a task per kv head would read rows 4 KB
+apart, which the hardware prefetcher does not follow (measured: twice as slow on this layout).
 
 Glossary as in ``refimpl.attention``: q (b, s_q, h, d); k, v (b, s_k, h_k, d); out (b, s_q, h, d).
 """
@@ -109,6 +112,56 @@ def _online_attention(q, k, v, kv_len, causal, scale, chunk, out, lse):
                 lse[sp, bi, hh, i] = -np.inf
 
 
+@numba.njit(parallel=True, cache=True, fastmath=_FAST)
+def _decode_attention(q, k, v, kv_len, scale, chunk, out, lse):
+    """Decode (s_q = 1): piece sp covers keys [sp * chunk, (sp + 1) * chunk) of row b for ALL heads, so each task
+    streams one contiguous stretch of the (b, s, h_k, d) cache instead of one head's rows 4 KB apart (which
+    defeats the hardware prefetcher, as a task per kv head does). Same online softmax, same outputs as above."""
+    nsplit = out.shape[0]
+    b, _, h, d = q.shape
+    h_k = k.shape[2]
+    g = h // h_k
+    zero = scale - scale
+    for task in numba.prange(b * nsplit):
+        sp = task % nsplit
+        bi = task // nsplit
+        j_begin = sp * chunk
+        j_end = min(kv_len[bi], j_begin + chunk)
+        qs = np.empty((h, d), dtype=q.dtype)
+        for hh in range(h):
+            for c in range(d):
+                qs[hh, c] = q[bi, 0, hh, c] * scale
+        m = np.full(h, -np.inf, dtype=q.dtype)
+        l = np.zeros(h, dtype=q.dtype)
+        acc = np.zeros((h, d), dtype=q.dtype)
+        for j in range(j_begin, j_end):
+            for hk in range(h_k):
+                for r in range(g):
+                    hh = hk * g + r
+                    x = zero
+                    for c in range(d):
+                        x += qs[hh, c] * k[bi, j, hk, c]
+                    if x > m[hh]:  # rescale only when the running max moves
+                        alpha = math.exp(m[hh] - x)
+                        l[hh] *= alpha
+                        for c in range(d):
+                            acc[hh, c] *= alpha
+                        m[hh] = x
+                    p = math.exp(x - m[hh])
+                    l[hh] += p
+                    for c in range(d):
+                        acc[hh, c] += p * v[bi, j, hk, c]
+        for hh in range(h):
+            if l[hh] > 0:
+                for c in range(d):
+                    out[sp, bi, 0, hh, c] = acc[hh, c] / l[hh]
+                lse[sp, bi, hh, 0] = m[hh] + math.log(l[hh])
+            else:
+                for c in range(d):
+                    out[sp, bi, 0, hh, c] = 0.0
+                lse[sp, bi, hh, 0] = -np.inf
+
+
 @numba.njit(parallel=True, cache=True)
 def _merge(out_p, lse_p, out, lse):
     """Merge the pieces by log-sum-exp: out = sum_s exp(lse_s - lse) out_s, lse = log sum_s exp(lse_s)."""
@@ -143,13 +196,18 @@ def _attend(q, k, v, kv_len, causal, scale, num_splits=0):
     dtype = q.dtype
     tasks = b * h_k * -(-(s_q * (h // h_k)) // _ROWS)
     max_len = int(kv_len.max()) if b else 0
+    if s_q == 1:  # decode tasks are (row, piece of the keys), all heads at once
+        tasks = b
     if not num_splits:
         num_splits = min(-(-2 * numba.get_num_threads() // max(tasks, 1)), -(-max_len // 512)) if max_len else 1
     chunk = max(1, -(-max_len // max(num_splits, 1)))
     nsplit = max(1, -(-max_len // chunk))
     out_p = np.empty((nsplit, b, s_q, h, d), dtype=dtype)
     lse_p = np.empty((nsplit, b, h, s_q), dtype=dtype)
-    _online_attention(q, k, v, kv_len, bool(causal), dtype.type(scale), chunk, out_p, lse_p)
+    if s_q == 1:  # decode: the one query sees every key of its row, causal or not (bottom-right alignment)
+        _decode_attention(q, k, v, kv_len, dtype.type(scale), chunk, out_p, lse_p)
+    else:
+        _online_attention(q, k, v, kv_len, bool(causal), dtype.type(scale), chunk, out_p, lse_p)
     if nsplit == 1:
         return out_p[0], lse_p[0]
     out = np.empty((b, s_q, h, d), dtype=dtype)
