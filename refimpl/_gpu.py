@@ -9,6 +9,8 @@ from __future__ import annotations
 import functools
 import pathlib
 
+import numpy as np
+
 _HINT = (
     'install CuPy for your CUDA version (pip install "refimpl[gpu]", or cupy-cuda13x for CUDA 13) on a '
     "machine with an NVIDIA GPU; without one, use refimpl.<idea>.cpu (Numba) or the NumPy reference "
@@ -42,15 +44,21 @@ def kernel(cu_path, name, options=()):
     return module(str(cu_path), tuple(options)).get_function(name)
 
 
-def as_device(name, x, dtype):
-    """``x`` as a C-contiguous CuPy array of ``dtype`` (NumPy arrays are copied to the device)."""
-    try:
-        a = cp.asarray(x)
-    except Exception as exc:
-        raise TypeError(f"{name}: cannot move {type(x).__name__} to the GPU ({exc})") from exc
-    if a.dtype.kind not in "biufc":
-        raise TypeError(f"{name}: expected a numeric array, got dtype {a.dtype}")
-    return cp.ascontiguousarray(a, dtype=dtype)
+def device_array(name, x, *, complex_ok=True):
+    """``x`` as a CuPy array (NumPy input is copied to the device; None stays None), or a ``TypeError``
+    naming ``name`` when it is not numeric (or complex where ``complex_ok`` is False)."""
+    if x is None:
+        return None
+    a = x if isinstance(x, cp.ndarray) else cp.asarray(np.asarray(x))
+    if a.dtype.kind not in "biufc" or (a.dtype.kind == "c" and not complex_ok):
+        raise TypeError(f"{name}: expected a {'numeric' if complex_ok else 'real'} array, got dtype {a.dtype}")
+    return a
+
+
+def require_finite(name, a, check_finite=True):
+    """The twins' ``check_finite``: a ``ValueError`` naming ``name`` when ``a`` holds NaN or inf."""
+    if check_finite and a is not None and a.size and not bool(cp.isfinite(a).all()):
+        raise ValueError(f"{name}: contains NaN or inf (pass check_finite=False to skip this check)")
 
 
 @functools.lru_cache(maxsize=None)

@@ -69,13 +69,6 @@ def _kernel(path, name, config, smem):
     return fn
 
 
-def _device(name, x):
-    a = x if isinstance(x, cp.ndarray) else cp.asarray(np.asarray(x))
-    if a.dtype.kind not in "biuf":
-        raise TypeError(f"{name}: expected a real array, got dtype {a.dtype}")
-    return a
-
-
 def _contiguous(a, dtype):
     """``a`` itself when it is already C-contiguous in ``dtype`` (no CuPy call on the hot path), else a copy."""
     return a if a.dtype == dtype and a.flags.c_contiguous else cp.ascontiguousarray(a, dtype=dtype)
@@ -90,11 +83,6 @@ def _kv_len(lengths):
 @functools.lru_cache(maxsize=64)
 def _kv_len_on(device_id, lengths):
     return cp.asarray(np.asarray(lengths, dtype=np.int32))
-
-
-def _finite(name, a, check_finite):
-    if check_finite and a.size and not bool(cp.isfinite(a).all()):
-        raise ValueError(f"{name}: contains NaN or inf (pass check_finite=False to skip this check)")
 
 
 def _compute_dtype(q):
@@ -220,7 +208,7 @@ def plan(q, k, v, *, causal=False, softmax_scale=None, cache_seqlens=None, num_s
     values (``cache_seqlens`` None) or caches read up to ``cache_seqlens`` (nothing is appended). The
     function writes the same output array on every call.
     """
-    q, k, v = _device("q", q), _device("k", k), _device("v", v)
+    q, k, v = (_gpu.device_array(n, a, complex_ok=False) for n, a in (("q", q), ("k", k), ("v", v)))
     b, s_q, h, d, s_k, h_k = attention_shape(q.shape, k.shape, v.shape)
     _check_head_dim(d)
     dtype = _compute_dtype(q)
@@ -251,13 +239,13 @@ def attention(q, k, v, *, causal=False, softmax_scale=None, return_lse=False, ch
     ``num_splits`` > 0 forces the split-K kernel with that many pieces of the keys (the result does not
     depend on it beyond rounding); 0 picks the tensor-core kernel for float16 prefill.
     """
-    q, k, v = _device("q", q), _device("k", k), _device("v", v)
+    q, k, v = (_gpu.device_array(n, a, complex_ok=False) for n, a in (("q", q), ("k", k), ("v", v)))
     b, s_q, h, d, s_k, h_k = attention_shape(q.shape, k.shape, v.shape)
     scale = scale_of(softmax_scale, d)
     _check_head_dim(d)
     ns = _num_splits(num_splits)
     for name, a in (("q", q), ("k", k), ("v", v)):
-        _finite(name, a, check_finite)
+        _gpu.require_finite(name, a, check_finite)
     dtype = _compute_dtype(q)
     q, k, v = (_contiguous(a, dtype) for a in (q, k, v))
     kv_len = _kv_len((s_k,) * b)
@@ -273,11 +261,11 @@ def attention_with_kvcache(q, k_cache, v_cache, k=None, v=None, *, cache_seqlens
     and the new keys and values are written into the NumPy arrays as well (so both stay in step). A cache
     that receives new keys must have the compute dtype (float16 for float16 q, else float32).
     """
-    qd = _device("q", q)
-    kc = k_cache if isinstance(k_cache, cp.ndarray) else _device("k_cache", k_cache)
-    vc = v_cache if isinstance(v_cache, cp.ndarray) else _device("v_cache", v_cache)
-    kn = None if k is None else _device("k", k)
-    vn = None if v is None else _device("v", v)
+    qd = _gpu.device_array("q", q, complex_ok=False)
+    kc = k_cache if isinstance(k_cache, cp.ndarray) else _gpu.device_array("k_cache", k_cache, complex_ok=False)
+    vc = v_cache if isinstance(v_cache, cp.ndarray) else _gpu.device_array("v_cache", v_cache, complex_ok=False)
+    kn = None if k is None else _gpu.device_array("k", k, complex_ok=False)
+    vn = None if v is None else _gpu.device_array("v", v, complex_ok=False)
     b, s_q, h, d, s_cache, h_k, s_new, seqlens = kvcache_shape(
         qd.shape, kc.shape, vc.shape, None if kn is None else kn.shape, None if vn is None else vn.shape,
         cache_seqlens)
@@ -296,10 +284,10 @@ def attention_with_kvcache(q, k_cache, v_cache, k=None, v=None, *, cache_seqlens
                 _writable_cache(name, orig, None)
             if bool(cp.isfinite(new).all()) and new.size and float(cp.abs(new).max()) > np.finfo(dtype).max:
                 raise ValueError(f"{name}: the new values overflow the cache's dtype {dtype}")
-    _finite("q", qd, check_finite)
+    _gpu.require_finite("q", qd, check_finite)
     if s_new:
-        _finite("k", kn, check_finite)
-        _finite("v", vn, check_finite)
+        _gpu.require_finite("k", kn, check_finite)
+        _gpu.require_finite("v", vn, check_finite)
     if check_finite:
         check_filled_finite((("k_cache", kc), ("v_cache", vc)), seqlens, lambda a: bool(cp.isfinite(a).all()))
     lengths = seqlens + s_new

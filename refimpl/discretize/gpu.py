@@ -23,18 +23,6 @@ _HERE = pathlib.Path(__file__).parent
 _THREADS = 256
 
 
-def _finite(name, a, check_finite):
-    if check_finite and not bool(cp.isfinite(a).all()):
-        raise ValueError(f"{name}: contains NaN or inf (pass check_finite=False to skip this check)")
-
-
-def _device(name, x, complex_ok=True):
-    a = x if isinstance(x, cp.ndarray) else cp.asarray(np.asarray(x))
-    if a.dtype.kind not in "biufc" or (a.dtype.kind == "c" and not complex_ok):
-        raise TypeError(f"{name}: expected a {'numeric' if complex_ok else 'real'} array, got dtype {a.dtype}")
-    return a
-
-
 def _launch(name, n, args):
     """Launch kernel ``name`` over ``n`` items with 32-bit indices where they cannot overflow."""
     blocks = _gpu.blocks_for(n, _THREADS)
@@ -46,10 +34,11 @@ def _launch(name, n, args):
 
 def zoh_diag(Lambda, B, dt, *, check_finite=True):
     """GPU twin of ``refimpl.discretize.zoh_diag``: complex64 when Lambda or B is complex, else float32."""
-    Lambda, B, dt = _device("Lambda", Lambda), _device("B", B), _device("dt", dt, complex_ok=False)
+    Lambda, B = _gpu.device_array("Lambda", Lambda), _gpu.device_array("B", B)
+    dt = _gpu.device_array("dt", dt, complex_ok=False)
     shape = diag_shape(Lambda.shape, B.shape, dt.shape)
     for name, a in (("Lambda", Lambda), ("B", B), ("dt", dt)):
-        _finite(name, a, check_finite)
+        _gpu.require_finite(name, a, check_finite)
     N = shape[-1]
     cplx = Lambda.dtype.kind == "c" or B.dtype.kind == "c"
     dtype = cp.complex64 if cplx else cp.float32
@@ -74,14 +63,15 @@ def zoh(A, B, dt, *, check_finite=True):
     One thread block per system: scaling and squaring with the [6/6] Pade approximant, in shared memory.
     Larger systems raise ``ValueError``; use ``refimpl.discretize.cpu.zoh`` for them.
     """
-    A, B, dt = _device("A", A), _device("B", B), _device("dt", dt, complex_ok=False)
+    A, B = _gpu.device_array("A", A), _gpu.device_array("B", B)
+    dt = _gpu.device_array("dt", dt, complex_ok=False)
     batch = dense_shape(A.shape, B.shape, dt.shape)
     N, M = B.shape[-2], B.shape[-1]
     if N + M > _MAXN:
         raise ValueError(f"A, B: the GPU zoh handles N + M <= {_MAXN} (one block per system), got N + M = "
                          f"{N + M}; use refimpl.discretize.cpu.zoh")
     for name, a in (("A", A), ("B", B), ("dt", dt)):
-        _finite(name, a, check_finite)
+        _gpu.require_finite(name, a, check_finite)
     cplx = A.dtype.kind == "c" or B.dtype.kind == "c"
     dtype = cp.complex64 if cplx else cp.float32
     A3 = cp.ascontiguousarray(cp.broadcast_to(A, batch + (N, N)), dtype=dtype).reshape(-1, N, N)

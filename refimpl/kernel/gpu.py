@@ -26,13 +26,6 @@ _THREADS = 128
 RUN = 64
 
 
-def _device(name, x, complex_ok=True):
-    a = x if isinstance(x, cp.ndarray) else cp.asarray(np.asarray(x))
-    if a.dtype.kind not in "biufc" or (a.dtype.kind == "c" and not complex_ok):
-        raise TypeError(f"{name}: expected a {'numeric' if complex_ok else 'real'} array, got dtype {a.dtype}")
-    return a
-
-
 def _check_finite(named):
     """One device reduction and one synchronization for all the inputs, then a message naming the culprit."""
     flags = cp.stack([cp.isfinite(a).all() for _, a in named])
@@ -81,8 +74,8 @@ def prepare(Lambda, B, C, dt, L, *, discretization="zoh", conj_pairs=True, check
     run = RUN if run is None else run
     if run not in (16, 32, 64):
         raise ValueError(f"run: expected 16, 32 or 64, got {run!r}")
-    Lambda, B, C = _device("Lambda", Lambda), _device("B", B), _device("C", C)
-    dt = _device("dt", dt, complex_ok=False)
+    Lambda, B, C = _gpu.device_array("Lambda", Lambda), _gpu.device_array("B", B), _gpu.device_array("C", C)
+    dt = _gpu.device_array("dt", dt, complex_ok=False)
     batch, N = kernel_shape(Lambda.shape, B.shape, C.shape, dt.shape)
     H = batch[0] if batch else 1
     c = np.float32(2.0 if conj_pairs else 1.0)
@@ -142,10 +135,10 @@ def vandermonde_kernel_run(Lambda, B, C, dt, L, *, discretization="zoh", conj_pa
 
 def causal_conv(u, K, D=None, *, check_finite=True):
     """GPU twin of ``refimpl.kernel.causal_conv``: float32 in and out, cuFFT transforms of length 2L."""
-    u, K = _device("u", u, complex_ok=False), _device("K", K, complex_ok=False)
+    u, K = _gpu.device_array("u", u, complex_ok=False), _gpu.device_array("K", K, complex_ok=False)
     check_rank("K", K.shape, ndim=2)
     check_rank("u", u.shape, min_ndim=2)
-    D = None if D is None else _device("D", D, complex_ok=False)
+    D = None if D is None else _gpu.device_array("D", D, complex_ok=False)
     conv_shape(u.shape, K.shape, None if D is None else D.shape)
     if check_finite:
         _check_finite([("u", u), ("K", K)] + ([] if D is None else [("D", D)]))

@@ -44,29 +44,15 @@ def _smem_attributes(fn, smem):
             pass
 
 
-def _finite(name, a, check_finite):
-    if check_finite and a is not None and not bool(cp.isfinite(a).all()):
-        raise ValueError(f"{name}: contains NaN or inf (pass check_finite=False to skip this check)")
-
-
-def _device(name, x, complex_ok=True):
-    if x is None:
-        return None
-    a = x if isinstance(x, cp.ndarray) else cp.asarray(np.asarray(x))
-    if a.dtype.kind not in "biufc" or (a.dtype.kind == "c" and not complex_ok):
-        raise TypeError(f"{name}: expected a {'numeric' if complex_ok else 'real'} array, got dtype {a.dtype}")
-    return a
-
-
 def linear_scan(a, b, h0=None, *, check_finite=True):
     """GPU twin of ``refimpl.scan.linear_scan``: complex64 when an input is complex, else float32.
 
     One kernel launch; deterministic (bitwise identical run to run); any number of sequences and any L.
     """
-    a, b, h0 = _device("a", a), _device("b", b), _device("h0", h0)
+    a, b, h0 = _gpu.device_array("a", a), _gpu.device_array("b", b), _gpu.device_array("h0", h0)
     shape = scan_shape(a.shape, b.shape, None if h0 is None else h0.shape)
     for name, x in (("a", a), ("b", b), ("h0", h0)):
-        _finite(name, x, check_finite)
+        _gpu.require_finite(name, x, check_finite)
     cplx = any(x is not None and x.dtype.kind == "c" for x in (a, b, h0))
     dtype = cp.complex64 if cplx else cp.float32
     L = shape[-1]
@@ -156,10 +142,10 @@ def _channels_per_block(dim, groups, choices):
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
                    return_last_state=False, *, check_finite=True):
     """GPU twin of ``refimpl.scan.selective_scan`` in float32 (real A; N <= 64). Deterministic."""
-    u, delta = _device("u", u, complex_ok=False), _device("delta", delta, complex_ok=False)
-    A, B, C = _device("A", A), _device("B", B), _device("C", C)
-    D, z = _device("D", D, complex_ok=False), _device("z", z, complex_ok=False)
-    delta_bias = _device("delta_bias", delta_bias, complex_ok=False)
+    u, delta = _gpu.device_array("u", u, complex_ok=False), _gpu.device_array("delta", delta, complex_ok=False)
+    A, B, C = _gpu.device_array("A", A), _gpu.device_array("B", B), _gpu.device_array("C", C)
+    D, z = _gpu.device_array("D", D, complex_ok=False), _gpu.device_array("z", z, complex_ok=False)
+    delta_bias = _gpu.device_array("delta_bias", delta_bias, complex_ok=False)
     batch, dim, L, N = selective_shape(u.shape, delta.shape, A.shape, B.shape, C.shape,
                                        None if D is None else D.shape, None if z is None else z.shape,
                                        None if delta_bias is None else delta_bias.shape)
@@ -173,7 +159,7 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
         raise ValueError(f"A: the GPU selective_scan takes N <= 64 states, got shape {tuple(A.shape)}")
     for name, x in (("u", u), ("delta", delta), ("A", A), ("B", B), ("C", C), ("D", D), ("z", z),
                     ("delta_bias", delta_bias)):
-        _finite(name, x, check_finite)
+        _gpu.require_finite(name, x, check_finite)
     f32 = cp.float32
     uf = cp.ascontiguousarray(u, dtype=f32)
     df = cp.ascontiguousarray(delta, dtype=f32)

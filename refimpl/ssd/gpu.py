@@ -50,15 +50,6 @@ def _empty(shape, dtype):
     return cp.empty(shape, dtype=dtype)
 
 
-def _device(name, v):
-    if v is None:
-        return None
-    a = v if isinstance(v, cp.ndarray) else cp.asarray(np.asarray(v))
-    if a.dtype.kind not in "biuf":
-        raise TypeError(f"{name}: expected a real array, got dtype {a.dtype}")
-    return a
-
-
 def _aligned(a):
     """``a`` itself when its data is 16-byte aligned (the kernels load 8 halves at a time), else a copy."""
     return a if a.data.ptr % 16 == 0 else a.copy()
@@ -77,8 +68,9 @@ def kernel_chunk(chunk_size):
 def ssd(x, dt, A, B, C, *, D=None, z=None, dt_bias=None, dt_softplus=False, initial_states=None,
         return_final_states=False, chunk_size=None, check_finite=True):
     """GPU twin of ``refimpl.ssd.ssd`` (fp16 tensor-core products, fp32 accumulation and state)."""
-    args = {k: _device(k, v) for k, v in (("x", x), ("dt", dt), ("A", A), ("B", B), ("C", C), ("D", D),
-                                          ("z", z), ("dt_bias", dt_bias), ("initial_states", initial_states))}
+    named = (("x", x), ("dt", dt), ("A", A), ("B", B), ("C", C), ("D", D), ("z", z), ("dt_bias", dt_bias),
+             ("initial_states", initial_states))
+    args = {k: _gpu.device_array(k, v, complex_ok=False) for k, v in named}
     shp = {k: (None if v is None else v.shape) for k, v in args.items()}
     b, l, h, p, g, n = ssd_shape(shp["x"], shp["dt"], shp["A"], shp["B"], shp["C"], shp["D"], shp["z"],
                                  shp["dt_bias"], shp["initial_states"])
