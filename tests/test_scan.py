@@ -170,7 +170,7 @@ def test_cpu_chunked_path_matches(rng, monkeypatch):
 
 @pytest.mark.gpu
 def test_gpu_linear_scan_many_windows_and_sequences(rng):
-    """Several look-back windows (256 tiles of 8192) in one sequence, and many sequences, against float64."""
+    """Several look-back windows (128 tiles of 4096) in one sequence, and many sequences, against float64."""
     import refimpl.scan.cpu as cpu
     import refimpl.scan.gpu as gpu
 
@@ -203,6 +203,36 @@ def test_gpu_linear_scan_super_windows(rng, monkeypatch):
         got = gpu.linear_scan(a.astype(dt), b.astype(dt), h0.astype(dt))
         assert_close(got, want, op="linear_scan", dtype="float32")
         assert cp.array_equal(gpu.linear_scan(a.astype(dt), b.astype(dt), h0.astype(dt)), got)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("cplx", [False, True])
+def test_gpu_linear_scan_nan_inputs_do_not_hang(rng, cplx):
+    """The look-back marks an unwritten entry with the NaN bit pattern 0xFFFFFFFF. Inputs holding exactly that
+    pattern (check_finite=False) must neither hang the kernel nor corrupt other sequences: NaN spreads from the
+    first NaN of a sequence to its end, as in the float64 reference, and nowhere else."""
+    import cupy as cp
+
+    import refimpl.scan.gpu as gpu
+
+    S, L = 3, 3 * 2**20 + 12
+    a, b = coefficients(rng, (S, L), cplx)
+    h0 = coefficients(rng, (S,), cplx)[1]
+    dt = np.complex64 if cplx else np.float32
+    a, b = a.astype(dt), b.astype(dt)
+    bad = np.array([0xFFFFFFFF], dtype=np.uint32).view(np.float32)[0]
+    fa, fb = a.view(np.float32), b.view(np.float32)  # the float32 words of a and b, (S, L) or (S, 2L)
+    w, p = (2 if cplx else 1), 4096 * 300 - 1  # float32 words per element; the last element of a tile (any J)
+    fa[0, w * p] = bad   # a of sequence 0 (the real part when complex): the pattern reaches a tile's aggregate
+    fb[1, w * 12345] = bad  # b of sequence 1
+    # sequence 2 has no NaN
+    wide = np.complex128 if cplx else np.float64
+    want = ref.linear_scan(a.astype(wide), b.astype(wide), h0, check_finite=False)
+    got = gpu.linear_scan(a, b, h0.astype(dt), check_finite=False).get()
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    assert not np.isnan(got[2]).any()
+    assert_close(got[2], want[2], op="linear_scan", dtype="float32")
+    assert_close(got[0, :p], want[0, :p], op="linear_scan", dtype="float32")
 
 
 @pytest.mark.gpu

@@ -4,10 +4,10 @@ Same names and signatures as the reference. Inputs may be NumPy or CuPy arrays; 
 the current device. Kernels:
 
 - ``linear_scan.cu``: one pass over memory (a, b read once, h written once: 12 bytes per float32 element).
-  Each block copies a tile of 8192 elements into shared memory (cp.async, 3 blocks per SM), scans it (serial
+  Each block copies a tile of 4096 elements into shared memory (cp.async, 6 blocks per SM), scans it (serial
   per thread, warp shuffles across lanes and warps) and joins the tiles before it by a two-level decoupled
   look-back whose combination order depends only on the tile's index: bitwise identical results run to
-  run. 64-bit offsets.
+  run. Its entries are single 8-byte words (no flags, no fences). 64-bit offsets.
 - ``selective_scan.cu``, three kernels. For N <= 16 (Mamba's default): 4 lanes per (batch, channel), each
   lane four states over the whole sequence, no scan across lanes; y by a two-round shuffle reduce-scatter;
   B and C tiles double-buffered in shared memory (cp.async) for the block's 64 channels (``quad``; the
@@ -68,10 +68,11 @@ def linear_scan(a, b, h0=None, *, check_finite=True):
     return h.reshape(shape)
 
 
-#: compile-time shape of linear_scan.cu: THREADS per block, J 16-byte copies of a (and of b) per thread (tiles
-#: of 8192 floats, 64 KB of shared memory), MINB blocks per SM asked of the compiler (__launch_bounds__).
-#: (256, 8, 3) measured fastest on an H100 among the variants in benchmarks/cases/scan.py:variants().
-LINEAR_CONFIG = {"THREADS": 256, "J": 8, "MINB": 3}
+#: compile-time shape of linear_scan.cu: THREADS per block (and tiles per look-back window), J 16-byte copies
+#: of a (and of b) per thread (tiles of 4096 floats, 32 KB of shared memory), MINB blocks per SM asked of the
+#: compiler (__launch_bounds__). (128, 8, 6) measured fastest on an H100 among the variants in
+#: benchmarks/cases/scan.py:variants().
+LINEAR_CONFIG = {"THREADS": 128, "J": 8, "MINB": 6}
 
 
 def _launch_linear(a, b, h0, h, S, L, cplx):
@@ -86,13 +87,15 @@ def _launch_linear(a, b, h0, h, S, L, cplx):
     ntiles = S * tiles
     if ntiles >= 2**31:
         raise ValueError(f"a: {S} x {L} elements make {ntiles} tiles, more than one launch takes (2^31 - 1)")
-    nt, nw, nx = ntiles, S * windows, S * supers
-    ints = cp.zeros(nt + nw + nx, dtype=cp.int32)        # flags: tiles, windows, super-windows
-    vals = cp.empty(2 * nt + 2 * nw + nx, dtype=h.dtype)  # aggregates (A, B) of tiles and windows; states
+    pw = 2 if cplx else 1  # 8-byte words per published (A, B) pair
+    nt, nw, nx = ntiles * pw, S * windows * pw, S * supers
+    # the look-back's published words (tile pairs, window pairs, super-window states), all 0xFF bytes: "not
+    # yet written" to the kernel
+    words = cp.empty(nt + nw + nx, dtype=cp.uint64)
+    cp.cuda.runtime.memsetAsync(words.data.ptr, 0xFF, words.nbytes, cp.cuda.get_current_stream().ptr)
     aligned = L % per == 0 and all(x.data.ptr % 16 == 0 for x in (a, b, h))
-    args = (a, b, h0, h, np.int64(L), np.int64(tiles), np.int64(windows), np.int64(supers),
-            ints[:nt], vals[:nt], vals[nt:2 * nt], ints[nt:nt + nw], vals[2 * nt:2 * nt + nw],
-            vals[2 * nt + nw:2 * nt + 2 * nw], ints[nt + nw:nt + nw + nx], vals[2 * nt + 2 * nw:])
+    args = (a, b, h0, h, np.int64(L), np.int64(tiles), np.int64(windows), np.int64(supers), np.int64(ntiles),
+            words[:nt], words[nt:nt + nw], words[nt + nw:])
     name = f"linear_scan_{'c64' if cplx else 'f32'}{'_vec' if aligned else ''}"
     fn = _gpu.kernel(_HERE / "linear_scan.cu", name, options=tuple(f"-D{k}={int(v)}" for k, v in sorted(cfg.items())))
     smem = 2 * tile * h.dtype.itemsize  # a and b of one tile
