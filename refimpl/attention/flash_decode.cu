@@ -1,4 +1,6 @@
-// flash_decode.cu: split-K attention on CUDA cores (flash-decoding), for a KV cache and for any s_q.
+// flash_decode.cu: split-K attention (flash-decoding), for a KV cache and for any s_q. Two kernels:
+// decode_split (CUDA cores, any dtype and rows; described first) and decode_tc (fp16 with at most 8 rows per
+// group, tensor cores; described above it, further down), plus decode_merge, decode_tc's second launch.
 //
 // out[b, i, hh] = softmax_j(scale * q[b, i, hh] . k[b, j, kv]) v[b, j, kv] over the keys j < kv_len[b] that
 // row i may see (causal: j <= i + kv_len[b] - s_q, bottom-right), with kv = hh / g, g = h / h_k.
@@ -20,7 +22,7 @@
 //   3. acc[row][slice] = alpha * acc + sum_j p_j v_j over the thread's keys (registers).
 // At the end the partial accumulators of the KPI key groups are summed (shuffles, then shared memory) and
 // the block writes its normalized piece o_part = acc / l and lse_part = ln(sum exp(scores)), then counts
-// itself in counters[b, y] (atomicAdd after __threadfence); the last block of the group to finish merges the
+// itself in counters[b, y] (arrive_last: one fence and atomicAdd by thread 0); the last block of the group merges the
 // pieces by log-sum-exp, out = sum_s exp(lse_s - lse) o_s, lse = log sum_s exp(lse_s), summing over s in a
 // fixed order (deterministic), and sets the counter back to 0 (one launch per call; no combine kernel).
 // Scores are kept in log2 units (q pre-multiplied by scale * log2(e)) so that exp is one exp2f.
@@ -87,6 +89,9 @@ __device__ __forceinline__ int reduce_scatter(float (&x)[ROWS], int c)
 #ifndef DEC_STAGES
 #define DEC_STAGES 4  // tiles in the shared-memory ring (DEC_STAGES - 1 in flight while one is consumed)
 #endif
+#ifndef DEC_TC_PROBE
+#define DEC_TC_PROBE 0  // measurement only: 1 makes decode_tc skip the math (pure streaming through its ring)
+#endif
 
 __device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool valid)
 {
@@ -99,6 +104,27 @@ __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commi
 template <int N> __device__ __forceinline__ void cp_async_wait()
 {
     asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+
+// Counts this block in *counter and returns true in the block that arrives last (which sets the counter back
+// to 0 for the next launch). Only thread 0 fences, as cooperative groups' grid sync does: the barrier orders
+// the block's writes before thread 0's fence and atomic (release), and the last block's fence after its
+// atomic orders its later reads after every other block's writes (acquire; the barrier passes that on).
+// A __threadfence in every thread, as before, made decode ~10-20% slower on the H100 (measured).
+__device__ __forceinline__ bool arrive_last(int* counter, int n, int* s_flag)
+{
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        __threadfence();
+        const int last = atomicAdd(counter, 1) == n - 1;
+        if (last) {
+            __threadfence();
+            *counter = 0;
+        }
+        *s_flag = last;
+    }
+    __syncthreads();
+    return *s_flag != 0;
 }
 
 // bytes of dynamic shared memory: the ring of K and V tiles, each thread's 16-byte pieces
@@ -309,13 +335,7 @@ __device__ __forceinline__ void decode_split(
     // out = sum_s exp(lse_s - m) o_s / sum_s exp(lse_s - m), lse = m + log(sum). The sums run over s in a
     // fixed order, so the result does not depend on which block finishes last (deterministic). Threadfence
     // pattern: every block publishes its pieces before it counts itself; the last one reads them from L2.
-    __threadfence();
-    __syncthreads();
-    int* counter = counters + (long long)bi * gridDim.y + blockIdx.y;
-    if (tid == 0) s_last = atomicAdd(counter, 1) == splits - 1;
-    __syncthreads();
-    if (!s_last) return;
-    if (tid == 0) *counter = 0;  // every piece has arrived: ready for the next launch
+    if (!arrive_last(counters + (long long)bi * gridDim.y + blockIdx.y, splits, &s_last)) return;
     const long long piece = (long long)b * s_q * h;  // rows per piece
     constexpr int PER = D / 32;  // one warp per row, lane l owns columns [l * PER, l * PER + PER)
     static_assert(PER == 2 || PER == 4, "D must be 64 or 128");
@@ -364,6 +384,371 @@ __device__ __forceinline__ void decode_split(
     }
 }
 
+// ---------------------------------------------------------------------------------------------------------
+// decode_tc: the same split-K decode for fp16 with at most 8 rows per (batch row, kv head) group (R = s_q * g
+// <= 8: decode with GQA), on tensor cores, every warp on its own keys (no block barrier in the key loop).
+//
+// Per warp and 16-key tile, with the rows as the n = 8 side of mma.sync.m16n8k16 (4 of 8 used at g = 4):
+//   S^T (16 keys x 8 rows) = K (16 x D, ldmatrix from shared memory) Q^T (D x 8, fp16 registers, loaded once);
+//   scores in log2 units (scale * log2 e applied in fp32 after the product); each thread holds keys gid, gid+8
+//   of rows 2 tig, 2 tig + 1, so the online softmax of a row needs 3 shuffles (over gid) for the max and none
+//   for the sum (l stays a per-lane partial sum until the end);
+//   O^T (D x 8) += V^T (ldmatrix.trans) P^T, where P^T (keys x rows, the B operand) is the S^T accumulator
+//   rounded to fp16 and transposed 8x8 by movmatrix (as in flash_fwd.cu, P is rounded to fp16 for P V).
+// The accumulator of O^T holds rows 2 tig, 2 tig + 1 as S^T does, so the rescale by alpha needs no shuffle.
+// Grid: x = split (chunk keys), y = kv head, z = batch row. Block: DEC_TC_WARPS warps; warp w takes the
+// 16 * DEC_TC_KT-key tiles w, w + NW, ... of the block's chunk, through its own ring of DEC_TC_STAGES tiles
+// (cp.async, 16-byte chunk index XOR key mod 8 so that ldmatrix is free of bank conflicts); a warp reads what
+// its own lanes copied, so cp.async.wait_group + __syncwarp order the ring. At the end the warps' (m, l, O)
+// are merged in shared memory (reusing the ring) and the block writes its piece like decode_split; then
+// decode_merge (grid (h_k, b), its own launch) merges the pieces (merge_pieces). DEC_TC_MERGE = 1 merges in
+// the last block instead, as decode_split does: on the H100 that made the whole launch 15-20% slower than
+// the same kernel without the merge (b8 32K 415 vs 362 us), far more than the merge's own work; not explained.
+#ifndef DEC_TC_WARPS
+#define DEC_TC_WARPS 8
+#endif
+#ifndef DEC_TC_KT
+#define DEC_TC_KT 1  // 16-key m-tiles per warp stage
+#endif
+#ifndef DEC_TC_STAGES
+#define DEC_TC_STAGES 3  // stages in each warp's ring (DEC_TC_STAGES - 1 in flight while one is consumed)
+#endif
+#ifndef DEC_TC_MERGE
+#define DEC_TC_MERGE 0  // 1: the last block merges (as decode_split); 0: decode_merge_d* does, launched next
+#endif
+
+__device__ __forceinline__ unsigned smem_u32(const void* p)
+{
+    return static_cast<unsigned>(__cvta_generic_to_shared(p));
+}
+__device__ __forceinline__ void ldsm_x4(unsigned (&r)[4], unsigned addr)
+{
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr));
+}
+__device__ __forceinline__ void ldsm_x4_t(unsigned (&r)[4], unsigned addr)
+{
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr));
+}
+// c += a b, m16n8k16, fp16 operands, fp32 accumulator
+__device__ __forceinline__ void mma16816(float (&c)[4], const unsigned (&a)[4], unsigned b0, unsigned b1)
+{
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+                 "{%8, %9}, {%0, %1, %2, %3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+// the 8x8 fp16 matrix whose fragment (row gid, columns 2 tig, 2 tig + 1) this thread holds, transposed
+__device__ __forceinline__ unsigned movtrans(unsigned x)
+{
+    unsigned y;
+    asm volatile("movmatrix.sync.aligned.m8n8.trans.b16 %0, %1;\n" : "=r"(y) : "r"(x));
+    return y;
+}
+__device__ __forceinline__ unsigned pack_half2(float lo, float hi)
+{
+    __half2 t = __floats2half2_rn(lo, hi);
+    return *reinterpret_cast<unsigned*>(&t);
+}
+
+// Merges the pieces of one (batch row bi, kv head kvh) group, rows r < R = s_q * g <= 8, with NW warps:
+// out = sum_s exp(lse_s - m) o_s / t, lse = m + log t, m = max_s lse_s, t = sum_s exp(lse_s - m).
+// 1. per row, (m, t) in one pass over lse_part (online), one warp per row; the butterfly gives every lane the
+//    same (m, t) since the combine is commutative. 2. one thread per (row, 4 columns) sums the pieces in a
+//    fixed order (deterministic), 8 pieces in flight at a time. Loads bypass L1 (__ldcg): in the fused merge
+//    the pieces were written by other blocks of this launch.
+template <int D, int NW>
+__device__ __forceinline__ void merge_pieces(const float* __restrict__ work, __half* __restrict__ out,
+                                             float* __restrict__ lse, int b, int s_q, int h, int h_k, int splits,
+                                             int bi, int kvh)
+{
+    constexpr int NT = 32 * NW;
+    __shared__ float s_mm[8], s_tt[8];
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int g = h / h_k, R = s_q * g;
+    const float* __restrict__ o_part = work;
+    const float* __restrict__ lse_part = work + (long long)splits * b * s_q * h * D;
+    const long long piece = (long long)b * s_q * h;
+    for (int r = warp; r < R; r += NW) {
+        const int i = r / g, hh = kvh * g + r % g;
+        const float* lp = lse_part + ((long long)bi * s_q + i) * h + hh;
+        float m = NEG_INF, t = 0.f;
+        for (int s = lane; s < splits; s += 32) {
+            const float x = __ldcg(lp + s * piece);
+            if (x != NEG_INF) {
+                const float mn = fmaxf(m, x);
+                t = t * expf(m - mn) + expf(x - mn);  // expf(-inf) = 0 on the first key
+                m = mn;
+            }
+        }
+#pragma unroll
+        for (int off = 16; off >= 1; off >>= 1) {
+            const float m2 = __shfl_xor_sync(0xffffffffu, m, off), t2 = __shfl_xor_sync(0xffffffffu, t, off);
+            const float mn = fmaxf(m, m2);
+            const float e1 = m == NEG_INF ? 0.f : t * expf(m - mn), e2 = m2 == NEG_INF ? 0.f : t2 * expf(m2 - mn);
+            t = e1 + e2;
+            m = mn;
+        }
+        if (lane == 0) { s_mm[r] = m; s_tt[r] = t; }
+    }
+    __syncthreads();
+    constexpr int C4 = D / 4;
+    for (int idx = tid; idx < R * C4; idx += NT) {
+        const int r = idx / C4, c4 = idx % C4;
+        const int i = r / g, hh = kvh * g + r % g;
+        const long long orow = ((long long)bi * s_q + i) * h + hh;
+        const float m = s_mm[r], t = s_tt[r];
+        float4 o = make_float4(0.f, 0.f, 0.f, 0.f);
+        if (t > 0.f) {
+            const float* lp = lse_part + orow;
+            const float* src = o_part + orow * D + 4 * c4;
+            int s = 0;
+            for (; s + 8 <= splits; s += 8) {
+                float x[8];
+                float4 y[8];
+#pragma unroll
+                for (int u = 0; u < 8; ++u) {
+                    x[u] = __ldcg(lp + (s + u) * piece);
+                    y[u] = __ldcg(reinterpret_cast<const float4*>(src + (s + u) * piece * D));
+                }
+#pragma unroll
+                for (int u = 0; u < 8; ++u) {
+                    const float w = expf(x[u] - m);  // 0 for an empty piece
+                    o.x = fmaf(w, y[u].x, o.x); o.y = fmaf(w, y[u].y, o.y);
+                    o.z = fmaf(w, y[u].z, o.z); o.w = fmaf(w, y[u].w, o.w);
+                }
+            }
+            for (; s < splits; ++s) {
+                const float w = expf(__ldcg(lp + s * piece) - m);
+                const float4 y = __ldcg(reinterpret_cast<const float4*>(src + s * piece * D));
+                o.x = fmaf(w, y.x, o.x); o.y = fmaf(w, y.y, o.y);
+                o.z = fmaf(w, y.z, o.z); o.w = fmaf(w, y.w, o.w);
+            }
+            const float inv = 1.f / t;
+            o.x *= inv; o.y *= inv; o.z *= inv; o.w *= inv;
+        }
+        __half2* dst = reinterpret_cast<__half2*>(out + orow * D + 4 * c4);
+        dst[0] = __floats2half2_rn(o.x, o.y);
+        dst[1] = __floats2half2_rn(o.z, o.w);
+        if (c4 == 0) lse[((long long)bi * h + hh) * s_q + i] = t > 0.f ? m + logf(t) : NEG_INF;
+    }
+}
+
+template <int D>
+__device__ __forceinline__ void decode_tc_body(
+    const __half* __restrict__ q, const __half* __restrict__ k, const __half* __restrict__ v,
+    float* __restrict__ work, __half* __restrict__ out, float* __restrict__ lse, int* __restrict__ counters,
+    const int* __restrict__ kv_len, int b, int s_q, int h, int h_k, long long kv_batch_stride, int chunk,
+    float scale_log2, int causal)
+{
+    constexpr int NW = DEC_TC_WARPS, NT = 32 * NW, KT = DEC_TC_KT, NS = DEC_TC_STAGES;
+    constexpr int KS = 16 * KT;        // keys per warp tile
+    constexpr int CH = D / 8;          // 16-byte chunks per key row
+    constexpr int STAGE = 2 * KS * D;  // halves per stage: K tile, then V tile
+    constexpr int CP = KS * CH / 32;   // 16-byte copies per lane per tile, of K and of V each
+    constexpr int DM = D / 16;         // mma tiles along d
+    static_assert(D == 64 || D == 128, "D must be 64 or 128");
+    static_assert(NS >= 2, "the ring needs 2 stages");
+    extern __shared__ uint4 ring[];
+
+    float* __restrict__ o_part = work;
+    float* __restrict__ lse_part = work + (long long)gridDim.x * b * s_q * h * D;
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, gid = lane >> 2, tig = lane & 3;
+    const int g = h / h_k, R = s_q * g;
+    const int split = blockIdx.x, kvh = blockIdx.y, bi = blockIdx.z;
+    const int L = kv_len[bi];
+    // keys visible to row r (causal: bottom-right); the last row sees all L, so the block reads up to L
+    auto limit_of = [&](int r) {
+        if (r >= R) return 0;
+        const int lim = causal ? r / g + 1 + L - s_q : L;
+        return lim < 0 ? 0 : (lim > L ? L : lim);
+    };
+    const int j_begin = split * chunk;
+    const int j_end = min(j_begin + chunk, L);
+    const int lim0 = min(limit_of(2 * tig), j_end), lim1 = min(limit_of(2 * tig + 1), j_end);
+
+    // Q^T as the B operand: column n = row gid, k = d; 32-bit words of two consecutive d straight from q
+    unsigned qf[DM][2];
+    if (gid < R) {
+        const int i = gid / g, hh = kvh * g + gid % g;
+        const unsigned* qp = reinterpret_cast<const unsigned*>(q + (((long long)bi * s_q + i) * h + hh) * D);
+#pragma unroll
+        for (int ks = 0; ks < DM; ++ks) { qf[ks][0] = qp[8 * ks + tig]; qf[ks][1] = qp[8 * ks + 4 + tig]; }
+    } else {
+#pragma unroll
+        for (int ks = 0; ks < DM; ++ks) qf[ks][0] = qf[ks][1] = 0u;
+    }
+
+    const int ntiles = j_end > j_begin ? (j_end - j_begin + KS - 1) / KS : 0;
+    const int mine = ntiles > warp ? (ntiles - warp + NW - 1) / NW : 0;  // tiles warp, warp + NW, ...
+    const __half* kb = k + (long long)bi * kv_batch_stride + (long long)kvh * D;
+    const __half* vb = v + (long long)bi * kv_batch_stride + (long long)kvh * D;
+    const long long row_stride = (long long)h_k * D;
+    __half* wring = reinterpret_cast<__half*>(ring) + warp * NS * STAGE;
+    auto issue = [&](int t) {
+        if (t < mine) {
+            __half* st = wring + (t % NS) * STAGE;
+            const int j0 = j_begin + (warp + t * NW) * KS;
+#pragma unroll
+            for (int n = 0; n < CP; ++n) {
+                const int idx = lane + 32 * n, key = idx / CH, c = idx % CH, j = j0 + key;
+                const bool ok = j < j_end;
+                const long long o = ok ? j * row_stride + c * 8 : 0;
+                __half* dst = st + key * D + ((c ^ (key & 7)) * 8);
+                cp_async16(dst, kb + o, ok);
+                cp_async16(dst + KS * D, vb + o, ok);
+            }
+        }
+        cp_async_commit();  // an empty group past the end keeps the wait count uniform
+    };
+#pragma unroll
+    for (int t = 0; t < NS - 1; ++t) issue(t);
+
+    float acc[DM][4];
+#pragma unroll
+    for (int dm = 0; dm < DM; ++dm)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) acc[dm][e] = 0.f;
+    float m0 = NEG_INF, m1 = NEG_INF, l0 = 0.f, l1 = 0.f;  // rows 2 tig and 2 tig + 1
+
+    for (int t = 0; t < mine; ++t) {
+        cp_async_wait<NS - 2>();  // this lane's pieces of tile t have landed
+        __syncwarp();             // ... and every lane's; every lane is also done with tile t - 1's stage
+        issue(t + NS - 1);
+#if DEC_TC_PROBE != 1
+        const int lr = lane & 7, lm = lane >> 3;  // ldmatrix: this lane gives row lr of matrix lm
+        const __half* kst = wring + (t % NS) * STAGE;
+        const __half* vst = kst + KS * D;
+        const int j0 = j_begin + (warp + t * NW) * KS;
+        float s[KT][4];
+#pragma unroll
+        for (int kt = 0; kt < KT; ++kt) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) s[kt][e] = 0.f;
+            const int key = kt * 16 + lr + 8 * (lm & 1);
+#pragma unroll
+            for (int ks = 0; ks < DM; ++ks) {
+                const int c = 2 * ks + (lm >> 1);
+                unsigned a[4];
+                ldsm_x4(a, smem_u32(kst + key * D + ((c ^ (key & 7)) * 8)));
+                mma16816(s[kt], a, qf[ks][0], qf[ks][1]);
+            }
+        }
+        // scale, mask (key < this row's limit and < j_end), tile max per row over keys gid, gid + 8 and lanes
+        float mx0 = NEG_INF, mx1 = NEG_INF;
+#pragma unroll
+        for (int kt = 0; kt < KT; ++kt) {
+            const int ja = j0 + kt * 16 + gid, jb = ja + 8;
+            s[kt][0] = ja < lim0 ? s[kt][0] * scale_log2 : NEG_INF;
+            s[kt][1] = ja < lim1 ? s[kt][1] * scale_log2 : NEG_INF;
+            s[kt][2] = jb < lim0 ? s[kt][2] * scale_log2 : NEG_INF;
+            s[kt][3] = jb < lim1 ? s[kt][3] * scale_log2 : NEG_INF;
+            mx0 = fmaxf(mx0, fmaxf(s[kt][0], s[kt][2]));
+            mx1 = fmaxf(mx1, fmaxf(s[kt][1], s[kt][3]));
+        }
+#pragma unroll
+        for (int off = 4; off < 32; off <<= 1) {
+            mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, off));
+            mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, off));
+        }
+        const float n0 = fmaxf(m0, mx0), n1 = fmaxf(m1, mx1);
+        const float u0 = n0 == NEG_INF ? 0.f : n0, u1 = n1 == NEG_INF ? 0.f : n1;  // no key yet: no -inf - -inf
+        const float a0 = exp2f(m0 - u0), a1 = exp2f(m1 - u1);                      // 0 while m was -inf
+        m0 = n0;
+        m1 = n1;
+        l0 *= a0;
+        l1 *= a1;
+#pragma unroll
+        for (int kt = 0; kt < KT; ++kt) {
+            s[kt][0] = exp2f(s[kt][0] - u0);
+            s[kt][1] = exp2f(s[kt][1] - u1);
+            s[kt][2] = exp2f(s[kt][2] - u0);
+            s[kt][3] = exp2f(s[kt][3] - u1);
+            l0 += s[kt][0] + s[kt][2];
+            l1 += s[kt][1] + s[kt][3];
+        }
+#pragma unroll
+        for (int dm = 0; dm < DM; ++dm) {
+            acc[dm][0] *= a0;
+            acc[dm][1] *= a1;
+            acc[dm][2] *= a0;
+            acc[dm][3] *= a1;
+        }
+#pragma unroll
+        for (int kt = 0; kt < KT; ++kt) {
+            const unsigned b0 = movtrans(pack_half2(s[kt][0], s[kt][1]));  // P^T keys 2 tig, 2 tig + 1, row gid
+            const unsigned b1 = movtrans(pack_half2(s[kt][2], s[kt][3]));  // keys 2 tig + 8, 2 tig + 9
+            const int key = kt * 16 + lr + 8 * (lm >> 1);
+#pragma unroll
+            for (int dm = 0; dm < DM; ++dm) {
+                const int c = 2 * dm + (lm & 1);
+                unsigned a[4];
+                ldsm_x4_t(a, smem_u32(vst + key * D + ((c ^ (key & 7)) * 8)));
+                mma16816(acc[dm], a, b0, b1);
+            }
+        }
+#endif
+    }
+    cp_async_wait<0>();
+#pragma unroll
+    for (int off = 4; off < 32; off <<= 1) {
+        l0 += __shfl_xor_sync(0xffffffffu, l0, off);
+        l1 += __shfl_xor_sync(0xffffffffu, l1, off);
+    }
+    __syncthreads();  // every warp is done with its ring: reuse it for the warps' partial results
+
+    // the warps' (m, l, O) -> the block's piece: O = sum_w 2^(m_w - M) O_w / sum_w 2^(m_w - M) l_w
+    float* red_o = reinterpret_cast<float*>(ring);  // [NW][8][D]
+    float* red_m = red_o + NW * 8 * D;              // [NW][8]
+    float* red_l = red_m + NW * 8;                  // [NW][8]
+    {
+        float* o0 = red_o + (warp * 8 + 2 * tig) * D + gid;
+#pragma unroll
+        for (int dm = 0; dm < DM; ++dm) {
+            o0[16 * dm] = acc[dm][0];
+            o0[D + 16 * dm] = acc[dm][1];
+            o0[16 * dm + 8] = acc[dm][2];
+            o0[D + 16 * dm + 8] = acc[dm][3];
+        }
+        if (gid == 0) {
+            red_m[warp * 8 + 2 * tig] = m0;
+            red_m[warp * 8 + 2 * tig + 1] = m1;
+            red_l[warp * 8 + 2 * tig] = l0;
+            red_l[warp * 8 + 2 * tig + 1] = l1;
+        }
+    }
+    __syncthreads();
+    for (int idx = tid; idx < R * D; idx += NT) {
+        const int r = idx / D, col = idx % D;
+        float M = NEG_INF;
+#pragma unroll
+        for (int w = 0; w < NW; ++w) M = fmaxf(M, red_m[w * 8 + r]);
+        float o = 0.f, l = 0.f;
+        if (M != NEG_INF) {
+#pragma unroll
+            for (int w = 0; w < NW; ++w) {
+                const float mw = red_m[w * 8 + r];
+                const float e = mw == NEG_INF ? 0.f : exp2f(mw - M);
+                o = fmaf(e, red_o[(w * 8 + r) * D + col], o);
+                l = fmaf(e, red_l[w * 8 + r], l);
+            }
+        }
+        const int i = r / g, hh = kvh * g + r % g;
+        const long long orow = (((long long)split * b + bi) * s_q + i) * h + hh;
+        o_part[orow * D + col] = l > 0.f ? o / l : 0.f;
+        if (col == 0) lse_part[orow] = l > 0.f ? (M + log2f(l)) * 0.6931471805599453f : NEG_INF;
+    }
+
+#if DEC_TC_MERGE
+    // the last block of this (batch row, kv head) merges the pieces
+    __shared__ int s_last;
+    if (!arrive_last(counters + (long long)bi * gridDim.y + blockIdx.y, gridDim.x, &s_last)) return;
+    merge_pieces<D, NW>(work, out, lse, b, s_q, h, h_k, gridDim.x, bi, kvh);
+#endif
+}
+
+
 #define DECODE(TNAME, T, D, ROWS)                                                                           \
     __global__ void __launch_bounds__(128) decode_##TNAME##_d##D##_r##ROWS(                                  \
         const T* q, const T* k, const T* v, float* work, T* out, float* lse, int* counters, const int* kv_len, \
@@ -372,9 +757,27 @@ __device__ __forceinline__ void decode_split(
         decode_split<T, D, ROWS>(q, k, v, work, out, lse, counters, kv_len, b, s_q, h, h_k, kv_batch_stride,  \
                                  chunk, scale_log2, causal);                                                 \
     }
+#define DECODE_TC(D)                                                                                        \
+    __global__ void __launch_bounds__(32 * DEC_TC_WARPS) decode_tc_d##D(                                      \
+        const __half* q, const __half* k, const __half* v, float* work, __half* out, float* lse, int* counters, \
+        const int* kv_len, int b, int s_q, int h, int h_k, long long kv_batch_stride, int chunk, float scale_log2, \
+        int causal)                                                                                           \
+    {                                                                                                         \
+        decode_tc_body<D>(q, k, v, work, out, lse, counters, kv_len, b, s_q, h, h_k, kv_batch_stride, chunk,  \
+                          scale_log2, causal);                                                               \
+    }
+// the merge of decode_tc's pieces as its own launch: grid (h_k, b), 128 threads, one (b, kv head) group a block
+#define DECODE_MERGE(D)                                                                                     \
+    __global__ void __launch_bounds__(128) decode_merge_d##D(const float* work, __half* out, float* lse, int b, \
+                                                             int s_q, int h, int h_k, int splits)           \
+    {                                                                                                         \
+        merge_pieces<D, 4>(work, out, lse, b, s_q, h, h_k, splits, blockIdx.y, blockIdx.x);                  \
+    }
 extern "C" {
 DECODE(f16, __half, 64, 1) DECODE(f16, __half, 64, 2) DECODE(f16, __half, 64, 4) DECODE(f16, __half, 64, 8)
 DECODE(f16, __half, 128, 1) DECODE(f16, __half, 128, 2) DECODE(f16, __half, 128, 4) DECODE(f16, __half, 128, 8)
 DECODE(f32, float, 64, 1) DECODE(f32, float, 64, 2) DECODE(f32, float, 64, 4) DECODE(f32, float, 64, 8)
 DECODE(f32, float, 128, 1) DECODE(f32, float, 128, 2) DECODE(f32, float, 128, 4) DECODE(f32, float, 128, 8)
+DECODE_TC(64) DECODE_TC(128)
+DECODE_MERGE(64) DECODE_MERGE(128)
 }

@@ -7,10 +7,12 @@ anything else computes in float32 and returns float32; lse is float32. Head dime
 Kernels (one grid/block comment at the top of each file):
     flash_fwd.cu     prefill: FlashAttention-2-style tiles on tensor cores (mma.sync m16n8k16, fp16 in,
                      fp32 accumulate), online softmax in registers; used for float16 with s_q > 16.
-    flash_decode.cu  split-K on CUDA cores (flash-decoding): several blocks per (batch row, kv head), each
-                     over a piece of the keys; the last block of each group to finish merges the pieces
-                     by log-sum-exp in a fixed order (one launch, deterministic); used for decode
-                     (s_q <= 16), for float32, and whenever ``num_splits`` is given.
+    flash_decode.cu  split-K (flash-decoding): several blocks per (batch row, kv head), each over a piece
+                     of the keys, pieces merged by log-sum-exp in a fixed order (deterministic); used for
+                     decode (s_q <= 16), for float32, and whenever ``num_splits`` is given.
+                     decode_tc (float16, s_q * h / h_k <= 8 rows per group: GQA decode): tensor cores,
+                     each warp on its own keys, the merge a second small launch; decode_split (the rest):
+                     CUDA cores, the last block of each group merges (one launch).
 Both read per-row key counts (``cache_seqlens`` + s_new), share one GQA index (query head hh reads kv head
 hh // (h // h_k)), align the causal mask bottom-right, and index global memory with 64-bit offsets.
 
@@ -44,11 +46,17 @@ _LOG2E = 1.4426950408889634
 # rule put 3 blocks on some SMs and 2 on the rest, and the SMs with 3 finished last). Blocks per SM: a full
 # wave of resident blocks (3 here: shared memory) when there are many groups (b8: 64 groups), but
 # DEC_FEW_GROUPS_PER_SM (2) when groups < SMs / 4 (b1): fewer, longer pieces were faster there (measured on
-# the H100: b1 32K 74 us at 2 vs 79 at 3). DEC_BLOCKS_PER_SM > 0 forces that many blocks per SM.
+# the H100: b1 32K 74 us at 2 vs 79 at 3). decode_tc always takes one wave of resident blocks (1 a SM with
+# its 192 KB ring: 16 pieces at b1, 2 at b8; measured on the H100, two waves of smaller blocks were slower).
+# DEC_BLOCKS_PER_SM > 0 forces that many blocks per SM.
 # REFIMPL_ATTENTION_CONFIG (a JSON object of these names) overrides them, for tuning.
 FWD_CONFIG = {"FWD_WARPS": 8, "FWD_BN": 64, "FWD_MINB": 1, "FWD_QREG": 1, "FWD_FASTEXP": 0, "FWD_DBUF": 0}
-DEC_CONFIG = {"DEC_UNROLL": 4, "DEC_STAGES": 4, "DEC_BLOCKS_PER_SM": 0, "DEC_FEW_GROUPS_PER_SM": 2}
-_DEC_SPLIT_KEYS = ("DEC_BLOCKS_PER_SM", "DEC_FEW_GROUPS_PER_SM")  # not compile-time macros
+DEC_CONFIG = {"DEC_UNROLL": 4, "DEC_STAGES": 4, "DEC_BLOCKS_PER_SM": 0, "DEC_FEW_GROUPS_PER_SM": 2,
+              "DEC_TC": 1, "DEC_TC_WARPS": 8, "DEC_TC_KT": 1, "DEC_TC_STAGES": 3, "DEC_TC_MERGE": 0}
+# not compile-time macros: the split rule, and DEC_TC (1: float16 groups of <= 8 rows take decode_tc).
+# DEC_TC_MERGE 0: decode_tc's pieces are merged by a second launch; the fused last-block merge (1) made the
+# whole decode 15-20% slower on the H100 (b8 32K 415 vs 362 us with the merge skipped; cause not found).
+_DEC_SPLIT_KEYS = ("DEC_BLOCKS_PER_SM", "DEC_FEW_GROUPS_PER_SM", "DEC_TC")
 for _k, _v in json.loads(os.environ.get("REFIMPL_ATTENTION_CONFIG", "{}")).items():
     (FWD_CONFIG if _k.startswith("FWD_") else DEC_CONFIG)[_k] = int(_v)
 _SMEM_SET = {}
@@ -122,12 +130,61 @@ def _launcher(q, k, v, kv_len, max_len, causal, scale, num_splits):
         args = (q, k, v, out, lse, kv_len, np.int32(s_q), np.int32(h), np.int32(h_k), kv_batch_stride,
                 scale_log2, np.int32(bool(causal)))
         return (lambda: fn(grid, (threads,), args, shared_mem=smem)), out, lse
-    fn, grid, splits, chunk, ring = _decode_config(tname, b, s_q, h, h_k, d, max_len, num_splits,
-                                                   tuple(sorted(DEC_CONFIG.items())))
+    fn, grid, splits, chunk, ring, threads, merge = _decode_config(tname, b, s_q, h, h_k, d, max_len, num_splits,
+                                                                   tuple(sorted(DEC_CONFIG.items())))
     work, counters = _scratch(splits * b * s_q * h * (d + 1), grid[1] * grid[2])
     args = (q, k, v, work, out, lse, counters, kv_len, np.int32(b), np.int32(s_q), np.int32(h), np.int32(h_k),
             kv_batch_stride, np.int32(chunk), scale_log2, np.int32(bool(causal)))
-    return (lambda: fn(grid, (128,), args, shared_mem=ring)), out, lse
+    steps = [(fn, grid, threads, ring, args)]
+    if merge is not None:  # decode_tc's pieces merged by a second launch (decode_merge_d*)
+        steps.append((merge, (h_k, b, 1), 128, 0, (work, out, lse, np.int32(b), np.int32(s_q), np.int32(h),
+                                                  np.int32(h_k), np.int32(splits))))
+
+    def launch():
+        for f, gr, th, sm, ar in steps:
+            f(gr, (th,), ar, shared_mem=sm)
+    launch.steps = steps  # for plan: _packed_launch(steps)
+    return launch, out, lse
+
+
+def _packed_launch(steps):
+    """``launch()`` of the kernels ``steps`` = [(kernel, grid, threads, dynamic shared bytes, args)], with fixed
+    arguments, through cuLaunchKernel with each parameter block packed once (ctypes); None where a handle or an
+    argument type is not the expected one. CuPy's own call converts every argument on every launch (about
+    5 us of host time on the H100 machine, measured, which CUDA-event timings of one decode step include
+    while the GPU waits for the launch)."""
+    import ctypes
+
+    try:
+        launch_kernel = cp.cuda.driver.launchKernel
+        ptrs = [int(getattr(fn, "kernel", fn).ptr) for fn, *_ in steps]
+    except Exception:
+        return None
+    packed, keep = [], []
+    for ptr, (_, grid, threads, smem, args) in zip(ptrs, steps):
+        vals = []
+        for a in args:
+            if isinstance(a, cp.ndarray):
+                vals.append(ctypes.c_void_p(a.data.ptr))
+            elif isinstance(a, np.int32):
+                vals.append(ctypes.c_int32(int(a)))
+            elif isinstance(a, np.int64):
+                vals.append(ctypes.c_int64(int(a)))
+            elif isinstance(a, np.float32):
+                vals.append(ctypes.c_float(float(a)))
+            else:
+                return None
+        params = (ctypes.c_void_p * len(vals))(*(ctypes.addressof(x) for x in vals))
+        packed.append((ptr, *grid, threads, 1, 1, smem, ctypes.addressof(params)))
+        keep.append((vals, params, args))
+    stream = cp.cuda.get_current_stream
+
+    def launch():
+        s = stream().ptr
+        for ptr, gx, gy, gz, tx, ty, tz, smem, where in packed:
+            launch_kernel(ptr, gx, gy, gz, tx, ty, tz, smem, s, where, 0)
+    launch.keep = keep  # the packed values and the arrays they point to live as long as launch
+    return launch
 
 
 def _resident_blocks(fn, smem, threads=128):
@@ -150,28 +207,40 @@ def _resident_blocks(fn, smem, threads=128):
 
 @functools.lru_cache(maxsize=256)
 def _decode_config(tname, b, s_q, h, h_k, d, max_len, num_splits, config):
-    """(kernel, grid, splits, chunk, dynamic shared bytes) of flash_decode.cu for one shape: computed once
-    per shape, so a decode step costs one launch and no host-side arithmetic beyond the cache look-up."""
+    """(kernel, grid, splits, chunk, dynamic shared bytes, threads per block, merge kernel or None) of
+    flash_decode.cu for one shape: computed once per shape, so a decode step costs one or two launches and no
+    host-side arithmetic beyond the cache look-up."""
     g = h // h_k
     R = s_q * g
-    rows = next(r for r in (1, 2, 4, 8) if r >= min(R, 8))
-    nrb = -(-R // rows)
     cfg = dict(config)
-    tk = (128 // (d // (16 // (2 if tname == "f16" else 4)))) * cfg["DEC_UNROLL"]  # keys per tile (TK)
-    ring = cfg["DEC_STAGES"] * 2 * cfg["DEC_UNROLL"] * 128 * 16
-    fn = _kernel(_DEC, f"decode_{tname}_d{d}_r{rows}", cfg, ring)
+    tc = tname == "f16" and R <= 8 and cfg["DEC_TC"]
+    merge = None
+    if tc:  # tensor cores; any chunk, rounded to 16-key tiles
+        nrb, tk, threads = 1, 16, 32 * cfg["DEC_TC_WARPS"]
+        ring = cfg["DEC_TC_WARPS"] * cfg["DEC_TC_STAGES"] * 2 * 16 * cfg["DEC_TC_KT"] * d * 2
+        fn = _kernel(_DEC, f"decode_tc_d{d}", cfg, ring)
+        if not cfg["DEC_TC_MERGE"]:
+            merge = _kernel(_DEC, f"decode_merge_d{d}", cfg, 0)
+    else:
+        rows = next(r for r in (1, 2, 4, 8) if r >= min(R, 8))
+        nrb = -(-R // rows)
+        tk = (128 // (d // (16 // (2 if tname == "f16" else 4)))) * cfg["DEC_UNROLL"]  # keys per tile (TK)
+        ring, threads = cfg["DEC_STAGES"] * 2 * cfg["DEC_UNROLL"] * 128 * 16, 128
+        fn = _kernel(_DEC, f"decode_{tname}_d{d}_r{rows}", cfg, ring)
     groups = b * h_k * nrb
     if num_splits:
         chunk = max(1, -(-max_len // int(num_splits)))
     else:
         sms = _sm_count()
         per_sm = cfg["DEC_BLOCKS_PER_SM"]
-        if per_sm <= 0:
-            per_sm = cfg["DEC_FEW_GROUPS_PER_SM"] if 4 * groups < sms else _resident_blocks(fn, ring)
+        if per_sm <= 0 and (tc or 4 * groups >= sms):
+            per_sm = _resident_blocks(fn, ring, threads)
+        elif per_sm <= 0:
+            per_sm = cfg["DEC_FEW_GROUPS_PER_SM"]
         want = max(1, min(per_sm * sms // groups, -(-max_len // tk)))
         chunk = max(1, -(-(-(-max_len // want)) // tk)) * tk  # a whole number of tiles per piece (>= 1)
     splits = max(1, -(-max_len // chunk))
-    return fn, (splits, h_k * nrb, b), splits, chunk, ring
+    return fn, (splits, h_k * nrb, b), splits, chunk, ring, threads, merge
 
 
 _SCRATCH = {}
@@ -217,6 +286,8 @@ def plan(q, k, v, *, causal=False, softmax_scale=None, cache_seqlens=None, num_s
     kv_len = _kv_len(tuple(int(x) for x in lengths))
     launch, out, _ = _launcher(q, k, v, kv_len, int(lengths.max()) if b else 0, causal,
                                scale_of(softmax_scale, d), _num_splits(num_splits))
+    if hasattr(launch, "steps"):  # decode: the parameter blocks packed once
+        launch = _packed_launch(launch.steps) or launch
 
     def run():
         launch()
