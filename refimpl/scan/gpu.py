@@ -70,9 +70,9 @@ def linear_scan(a, b, h0=None, *, check_finite=True):
 
 #: compile-time shape of linear_scan.cu: THREADS per block (and tiles per look-back window), J 16-byte copies
 #: of a (and of b) per thread (tiles of 4096 floats, 32 KB of shared memory), MINB blocks per SM asked of the
-#: compiler (__launch_bounds__). (128, 8, 6) measured fastest on an H100 among the variants in
-#: benchmarks/cases/scan.py:variants().
-LINEAR_CONFIG = {"THREADS": 128, "J": 8, "MINB": 6}
+#: compiler (__launch_bounds__), BACKOFF 1: sleep between polls of the look-back. (128, 8, 6) measured
+#: fastest on an H100 among the variants in benchmarks/cases/scan.py:variants().
+LINEAR_CONFIG = {"THREADS": 128, "J": 8, "MINB": 6, "BACKOFF": 1}
 
 
 def _launch_linear(a, b, h0, h, S, L, cplx):

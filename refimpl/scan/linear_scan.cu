@@ -53,6 +53,9 @@
 #ifndef MINB
 #define MINB 6  // __launch_bounds__ minimum blocks per SM (80 registers a thread)
 #endif
+#ifndef BACKOFF
+#define BACKOFF 1  // 0: poll the look-back's words without sleeping (kept to measure the difference)
+#endif
 #define WARPS (THREADS / 32)
 #define WINDOW THREADS  // tiles per window and windows per super-window: one look-back entry per thread
 #define NOT_READY 0xFFFFFFFFu
@@ -136,12 +139,26 @@ __device__ __forceinline__ void put_word(word* p, float x, float y)
     asm volatile("st.relaxed.gpu.global.b64 [%0], %1;\n" ::"l"(p), "l"(w) : "memory");
 }
 
-__device__ __forceinline__ word await_word(const word* p)
+__device__ __forceinline__ word load_word(const word* p)
 {
     word w;
-    do {
-        asm volatile("ld.relaxed.gpu.global.b64 %0, [%1];\n" : "=l"(w) : "l"(p) : "memory");
-    } while ((unsigned)w == NOT_READY);
+    asm volatile("ld.relaxed.gpu.global.b64 %0, [%1];\n" : "=l"(w) : "l"(p) : "memory");
+    return w;
+}
+
+// Poll until written, sleeping between polls (8 ns doubling to 256 ns): hundreds of blocks may wait at once,
+// and polling flat out fills L2 with requests that slow down the very tiles being waited for.
+__device__ __forceinline__ word await_word(const word* p)
+{
+    word w = load_word(p);
+#if BACKOFF
+    for (unsigned ns = 8; (unsigned)w == NOT_READY; ns = ns < 256 ? 2 * ns : ns) {
+        __nanosleep(ns);
+        w = load_word(p);
+    }
+#else
+    while ((unsigned)w == NOT_READY) w = load_word(p);
+#endif
     return w;
 }
 
