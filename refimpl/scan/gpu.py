@@ -10,7 +10,8 @@ the current device. Kernels:
   run. Its entries are single 8-byte words (no flags, no fences). 64-bit offsets.
 - ``selective_scan.cu``, three kernels. For N <= 16 (Mamba's default): 4 lanes per (batch, channel), each
   lane four states over the whole sequence, no scan across lanes; y by a two-round shuffle reduce-scatter;
-  B and C tiles double-buffered in shared memory (cp.async) for the block's 64 channels (``quad``; the
+  u, delta, z streamed through a per-thread cp.async ring in shared memory (QPF blocks of 16 steps ahead),
+  B and C tiles multi-buffered in shared memory (cp.async) for the block's 64 channels (``quad``; the
   earlier 8-lanes-x-2-states kernel ``states`` is kept, tested, selectable). Otherwise: one warp per
   channel, the sequence split across its lanes and joined by a shuffle scan per state. Real A only
   (complex A: use ``refimpl.scan.cpu`` or the reference).
@@ -94,7 +95,7 @@ def _launch_linear(a, b, h0, h, S, L, cplx):
     words = cp.empty(nt + nw + nx, dtype=cp.uint64)
     cp.cuda.runtime.memsetAsync(words.data.ptr, 0xFF, words.nbytes, cp.cuda.get_current_stream().ptr)
     aligned = L % per == 0 and all(x.data.ptr % 16 == 0 for x in (a, b, h))
-    args = (a, b, h0, h, np.int64(L), np.int64(tiles), np.int64(windows), np.int64(supers), np.int64(ntiles),
+    args = (a, b, h0, h, np.int64(L), np.int64(tiles), np.int64(windows), np.int64(supers),
             words[:nt], words[nt:nt + nw], words[nt + nw:])
     name = f"linear_scan_{'c64' if cplx else 'f32'}{'_vec' if aligned else ''}"
     fn = _gpu.kernel(_HERE / "linear_scan.cu", name, options=tuple(f"-D{k}={int(v)}" for k, v in sorted(cfg.items())))
@@ -113,12 +114,34 @@ _T = 32 * _K
 #: "quad", "states" (8 lanes x 2 states, 4 channels of one group per block at least) or "warp" force one
 #: (the tests run all three)
 SELECTIVE_KERNEL = "auto"
-#: nvcc options of selective_scan.cu (e.g. "-DQUAD_FAST_SOFTPLUS")
+#: nvcc options of selective_scan.cu (e.g. "-DQUAD_LIBM_SOFTPLUS", "-DDIAG_NO_EX2")
 SELECTIVE_OPTIONS = ()
 #: most channels per block of the quad kernel (4 lanes each); 64 (256 threads, one block per SM at b2 d4096)
 #: measured fastest on an H100 among 16, 32 and 64
 QUAD_MAX_CHANNELS = 64
+#: compile-time shape of the quad kernel: blocks of 16*QV steps (QV 16-byte vectors of u per lane), QPF blocks
+#: of u, delta, z copied ahead (a ring of QPF + 1 per thread in shared memory), QST steps per B/C tile (a
+#: multiple of 16*QV). H100, b2 d4096 L4096 N16, kernel alone (20 back-to-back calls): QV 1 with QPF 2 / 4 / 8:
+#: 0.343 / 0.313 / 0.314 ms (QST 128: 0.309); in a later run QV 1 QPF 8: 0.311, QV 2 QPF 4: 0.370 (QST 128: 0.339)
+QUAD_CONFIG = {"QV": 1, "QPF": 8, "QST": 64}
+
+
+def _quad_smem(threads, cpb, bvar, cvar, cfg):
+    """Bytes of dynamic shared memory of the quad kernel: the ring, the B/C tile buffers, dt and dt*u."""
+    qv, pf, st = cfg["QV"], cfg["QPF"], cfg["QST"]
+    if st % (16 * qv):
+        raise ValueError(f"QUAD_CONFIG: QST = {st} must be a multiple of 16*QV = {16 * qv}")
+    tiles = -(-pf // (st // (16 * qv))) + 1  # QNT
+    return (16 * (pf + 1) * 3 * qv * threads + 4 * (bvar + cvar) * tiles * 16 * (st + 4)
+            + 4 * 2 * 2 * cpb * (16 * qv + 4))
+
+
 _SEL_FN = {}  # (name, options, smem) -> the kernel with its shared-memory attributes set: once, not per call
+
+
+def _f32c(x):
+    """``x`` as a C-contiguous float32 CuPy array: ``x`` itself when it is one already."""
+    return x if x.dtype == np.float32 and x.flags.c_contiguous else cp.ascontiguousarray(x, dtype=cp.float32)
 
 
 def _selective_fn(name, options, smem):
@@ -163,27 +186,29 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     for name, x in (("u", u), ("delta", delta), ("A", A), ("B", B), ("C", C), ("D", D), ("z", z),
                     ("delta_bias", delta_bias)):
         _gpu.require_finite(name, x, check_finite)
-    f32 = cp.float32
-    uf = cp.ascontiguousarray(u, dtype=f32)
-    df = cp.ascontiguousarray(delta, dtype=f32)
-    Af = cp.ascontiguousarray(A, dtype=f32)
-    Bf = cp.ascontiguousarray(B if B.ndim != 3 else B[:, None], dtype=f32)
-    Cf = cp.ascontiguousarray(C if C.ndim != 3 else C[:, None], dtype=f32)
+    if L >= 2**31:
+        raise ValueError(f"u: the GPU selective_scan takes L < 2^31, got shape {tuple(u.shape)}")
+    # float32 C-contiguous arrays pass as they are (the common case: no CuPy call, a few microseconds of host
+    # time less per array, and the benchmark's event timing counts host time before the launch)
+    uf, df, Af, Bf, Cf, Df, zf, bf = (None if x is None else _f32c(x)
+                                      for x in (u, delta, A, B, C, D, z, delta_bias))
+    # (batch, N, L) is (batch, 1, N, L) in memory: G = 1
     GB = Bf.shape[1] if Bf.ndim == 4 else 1
     GC = Cf.shape[1] if Cf.ndim == 4 else 1
     dummy = uf  # stands for an absent D, z, bias or last: the kernels touch those only when opts says so
-    Df = dummy if D is None else cp.ascontiguousarray(D, dtype=f32)
-    zf = dummy if z is None else cp.ascontiguousarray(z, dtype=f32)
-    bf = dummy if delta_bias is None else cp.ascontiguousarray(delta_bias, dtype=f32)
+    Df = dummy if Df is None else Df
+    zf = dummy if zf is None else zf
+    bf = dummy if bf is None else bf
+    f32 = cp.float32
     out = cp.empty((batch, dim, L), dtype=f32)
     last = cp.empty((batch, dim, N), dtype=f32) if return_last_state else dummy
     opts = (int(bool(delta_softplus)) | 2 * (D is not None) | 4 * (z is not None) | 8 * (delta_bias is not None)
             | 16 * bool(return_last_state))
     if batch and dim and L:
-        bvar, cvar = Bf.ndim == 4, Cf.ndim == 4
+        bvar, cvar = Bf.ndim >= 3, Cf.ndim >= 3
         vec = L % 4 == 0 and all(x.data.ptr % 16 == 0 for x in (uf, df, zf, out) + ((Bf,) if bvar else ())
                                  + ((Cf,) if cvar else ()))
-        groups = [g for g, M in ((GB, Bf), (GC, Cf)) if M.ndim == 4]
+        groups = [g for g, M in ((GB, Bf), (GC, Cf)) if M.ndim >= 3]
         cpb = _channels_per_block(dim, groups, tuple(c for c in (32, 16, 8, 4) if c <= STATES_MAX_CHANNELS))
         kind = SELECTIVE_KERNEL
         if kind == "auto" or (kind == "quad" and N > 16):
@@ -194,8 +219,9 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
             qpb = _channels_per_block(dim, groups,
                                       tuple(c for c in (64, 32, 16, 8, 4, 2, 1) if c <= QUAD_MAX_CHANNELS))
             threads, grid_x = 4 * qpb, dim // qpb
-            smem = 4 * ((bvar + cvar) * 2 * 16 * (_ST + 4) + 2 * 2 * qpb * (_ST + 4))
+            smem = _quad_smem(threads, qpb, bvar, cvar, QUAD_CONFIG)
             prefix = "selective_quad"
+            options = tuple(SELECTIVE_OPTIONS) + tuple(f"-D{k}={int(v)}" for k, v in sorted(QUAD_CONFIG.items()))
         elif kind == "states":  # lanes over states, 8 lanes per channel, cpb channels per block
             threads, grid_x = 8 * cpb, dim // cpb
             smem = 4 * ((bvar + cvar) * 2 * 16 * (_ST + 4) + 2 * 2 * cpb * _ST)
@@ -205,8 +231,10 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
             threads, grid_x = 32 * ch, dim // ch
             smem = 4 * ((bvar + cvar) * N * _T + 4 * ch * N)
             prefix = "selective_scan"
+        if kind != "quad":
+            options = tuple(SELECTIVE_OPTIONS)
         name = f"{prefix}{'_vec' if vec else ''}_{'bv' if bvar else 'bi'}_{'cv' if cvar else 'ci'}"
-        fn = _selective_fn(name, SELECTIVE_OPTIONS, smem)
+        fn = _selective_fn(name, options, smem)
         fn((grid_x, batch), (threads,), (uf, df, Af, Bf, Cf, Df, zf, bf, out, last, np.int32(dim), np.int64(L),
                                          np.int32(N), np.int32(GB), np.int32(GC), np.int32(opts)),
            shared_mem=smem)

@@ -348,38 +348,31 @@ __device__ __forceinline__ Where where(long long tile, long long L, long long ti
     return w;
 }
 
-// This thread's share of a tile's copy into shared memory (s_a, s_b): J rounds of E elements, one 16-byte
-// cp.async each where the row is aligned, else one per element; past the end of the sequence the identity
-// (1, 0), never zeros. Commits one cp.async group.
+// This thread's share of a tile's copy into shared memory (s_a, s_b) from (pa, pb), the tile's first element,
+// of which `valid` lie in the sequence: J rounds of E elements, one 16-byte cp.async each where the row is
+// aligned, else one per element; past the end of the sequence the identity (1, 0), never zeros.
 template <typename T, bool VEC>
-__device__ __forceinline__ void issue_tile(const T* __restrict__ a, const T* __restrict__ b, long long tile,
-                                           long long ntiles, long long L, long long tiles_per_seq, T* s_a, T* s_b)
+__device__ __forceinline__ void issue_tile(const T* __restrict__ pa, const T* __restrict__ pb, int valid, T* s_a,
+                                           T* s_b)
 {
     constexpr int E = 16 / sizeof(T);
     constexpr int SEG = 32 * J * E;
-    constexpr int TILE = WARPS * SEG;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    if (tile < ntiles) {
-        const long long s = tile / tiles_per_seq, jt = tile - s * tiles_per_seq;
-        const long long start = s * L + jt * TILE;
-        const long long rem = L - jt * TILE;
-        const int valid = rem < TILE ? (int)rem : TILE;
 #pragma unroll
-        for (int r = 0; r < J; ++r) {
-            const int i0 = warp * SEG + (r * 32 + lane) * E;
-            if (VEC && i0 + E <= valid) {
-                cp_async16(s_a + i0, a + start + i0);
-                cp_async16(s_b + i0, b + start + i0);
-            } else {
+    for (int r = 0; r < J; ++r) {
+        const int i0 = warp * SEG + (r * 32 + lane) * E;
+        if (VEC && i0 + E <= valid) {
+            cp_async16(s_a + i0, pa + i0);
+            cp_async16(s_b + i0, pb + i0);
+        } else {
 #pragma unroll
-                for (int e = 0; e < E; ++e) {
-                    if (i0 + e < valid) {
-                        cp_async_small<sizeof(T)>(s_a + i0 + e, a + start + i0 + e);
-                        cp_async_small<sizeof(T)>(s_b + i0 + e, b + start + i0 + e);
-                    } else {
-                        s_a[i0 + e] = one(T());
-                        s_b[i0 + e] = zero(T());
-                    }
+            for (int e = 0; e < E; ++e) {
+                if (i0 + e < valid) {
+                    cp_async_small<sizeof(T)>(s_a + i0 + e, pa + i0 + e);
+                    cp_async_small<sizeof(T)>(s_b + i0 + e, pb + i0 + e);
+                } else {
+                    s_a[i0 + e] = one(T());
+                    s_b[i0 + e] = zero(T());
                 }
             }
         }
@@ -393,8 +386,8 @@ template <typename T, bool VEC>
 __device__ __forceinline__ void linear_scan_tile(const T* __restrict__ a, const T* __restrict__ b,
                                                  const T* __restrict__ h0, T* __restrict__ h, long long L,
                                                  long long tiles_per_seq, long long windows_per_seq,
-                                                 long long supers_per_seq, long long ntiles, word* tpairs,
-                                                 word* wpairs, word* states)
+                                                 long long supers_per_seq, word* tpairs, word* wpairs,
+                                                 word* states)
 {
     constexpr int E = 16 / sizeof(T);
     constexpr int SEG = 32 * J * E;
@@ -408,7 +401,7 @@ __device__ __forceinline__ void linear_scan_tile(const T* __restrict__ a, const 
     long long start;
     int valid;
     const Where w = where<TILE>(blockIdx.x, L, tiles_per_seq, windows_per_seq, supers_per_seq, start, valid);
-    issue_tile<T, VEC>(a, b, w.tile, ntiles, L, tiles_per_seq, s_a, s_b);
+    issue_tile<T, VEC>(a + start, b + start, valid, s_a, s_b);
     const T h0s = h0[w.s];  // off the look-back's critical path
     cp_async_wait<0>();
 
@@ -447,8 +440,8 @@ __device__ __forceinline__ void linear_scan_tile(const T* __restrict__ a, const 
 
 #define ARGS(T)                                                                                              \
     const T *a, const T *b, const T *h0, T *h, long long L, long long tiles_per_seq, long long windows_per_seq, \
-        long long supers_per_seq, long long ntiles, word *tpairs, word *wpairs, word *states
-#define PASS a, b, h0, h, L, tiles_per_seq, windows_per_seq, supers_per_seq, ntiles, tpairs, wpairs, states
+        long long supers_per_seq, word *tpairs, word *wpairs, word *states
+#define PASS a, b, h0, h, L, tiles_per_seq, windows_per_seq, supers_per_seq, tpairs, wpairs, states
 
 extern "C" {
 __global__ void __launch_bounds__(THREADS, MINB) linear_scan_f32_vec(ARGS(float)) { linear_scan_tile<float, true>(PASS); }

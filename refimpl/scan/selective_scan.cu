@@ -419,47 +419,101 @@ EIGHT(SSKERNEL, selective_states)
 // per channel and step, 16 MUFU lanes per SM and clock: 64 clocks per step is the floor, and the SM issues 4
 // warp instructions a clock, so every state-step may cost about 8 warp-instruction slots / 32 lanes, all of it
 // included. With 8 lanes of 2 states (selective_states) y = sum_n C h needs 14 shuffles + 28 selects + 14 adds
-// per lane per 16 steps for 32 state-steps (1.75 per state-step), and its dt/du rows (stride 64 floats) and
-// stores hit 4-way bank conflicts. Here lane q (0..3) owns the states n = q, q + 4, q + 8, q + 12 and walks the
-// whole sequence: four independent chains h_k = exp2(dt*A_k*log2 e)*h_k + dt*u*B_k. Its partial sums of y over
-// 16 steps are reduce-scattered over the 4 lanes in two rounds (xor 2: 8 values, xor 1: 4 values: 12 shuffles
-// per 64 state-steps), and leave lane q with the full y of steps 4q .. 4q + 3 of each block of 16, the same
-// 4 steps whose u, delta, z it loads as one 16-byte vector: it forms dt, dt*u (to shared memory, rows padded to
-// ST + 4 floats: conflict-free 16-byte reads by the 8 channels of a warp), D*u and silu(z), and writes out.
-// b*d*4 lanes = 1024 warps of 8 channels: 8 per SM, 2 per scheduler, so up to 255 registers each.
-// B and C tiles as in selective_states (cp.async, 16 x ST, zero rows past N, one chunk ahead); u, delta, z
-// of the next chunk are prefetched into registers. One __syncthreads per chunk.
-// Blocks may be smaller than a warp (4 * CPB threads, CPB = 1, 2, 4): the shuffles name only present lanes.
+// per lane per 16 steps for 32 state-steps (1.75 per state-step). Here lane q (0..3) owns the states n = q,
+// q + 4, q + 8, q + 12 and walks the whole sequence: four independent chains h_k = exp2(dt*A_k*log2 e)*h_k +
+// dt*u*B_k. The sequence goes in blocks of QBS = 16*QV steps. The lane's partial sums of y over a block are
+// reduce-scattered over the 4 lanes in two rounds (xor 2: QBS/2 values, xor 1: QBS/4), and leave lane q with
+// the full y of its QE = 4*QV steps QE*q .. QE*q + QE - 1 of the block, the same steps whose u, delta, z it
+// loads (QV 16-byte vectors each): it forms dt, dt*u (to shared memory, rows padded to QBS + 4 floats:
+// conflict-free 16-byte reads by the 8 channels of a warp), D*u and silu(z), and writes out.
+// b*d*4 lanes = 1024 warps of 8 channels: 8 per SM, 2 per scheduler, too few to hide latency by switching
+// warps, so the kernel is built to keep each warp busy by itself:
+//   - u, delta, z stream through a per-thread ring of QPF + 1 blocks in shared memory (cp.async, 16 bytes,
+//     zero-filled past L), QPF blocks (QPF*QBS steps) ahead: each thread reads back only what it copied itself,
+//     so cp.async.wait_group alone orders them, no barrier; the loads are spread evenly over time (one
+//     group per block) instead of one burst per chunk (with one chunk in registers, the loads and the scan
+//     did not overlap: 0.31 ms of memory + 0.17 ms of compute added up);
+//   - the element-wise work of block j + 1 (softplus, silu, dt*u) is done in registers while block j is
+//     scanned, so the compiler can interleave its ALU work with block j's exponentials;
+//   - B and C tiles (16 x QST steps, zero rows past N) arrive by cp.async in the same groups, QNT buffers
+//     deep, shared by the block's channels: one __syncthreads per tile, none per block;
+//   - softplus by MUFU ex2 + lg2, branch-free (QUAD_LIBM_SOFTPLUS: log1pf(expf), branchy, the old way).
+// Measured (H100, same run, kernel alone, 20 back-to-back calls, QV = 1): 0.416 ms before (one chunk of u,
+// delta, z in registers); QPF = 2: 0.343, 4: 0.313, 8: 0.314 (QST = 128: 0.309). Tried and slower: y's partial
+// sums through shared memory instead of shuffles (0.360 at QPF = 4), per-warp B/C tiles with no __syncthreads
+// (0.379), blocks of 32 steps (QV = 2, QPF = 4: 0.370 against 0.311 for QV = 1, QPF = 8 in the same run; 167
+// registers instead of 126); QV stays a parameter (both pass the tests).
+// Blocks may be smaller than a warp (4 * CPB threads, CPB = 1, 2, 4): shuffles and __syncwarp name only
+// present lanes.
 // =========================================================================================================
+
+// The launcher passes QV, QPF, QST (refimpl.scan.gpu.QUAD_CONFIG); the defaults here are its defaults.
+#ifndef QV
+#define QV 1  // 16-byte vectors of u (delta, z, out) per lane and block: a block is QBS = 16*QV steps
+#endif
+#ifndef QPF
+#define QPF 8  // blocks of u, delta, z in flight ahead of the one scanned
+#endif
+#ifndef QST
+#define QST 64  // steps per B/C tile (a multiple of QBS)
+#endif
+#define QBS (16 * QV)                    // steps per block
+#define QE (4 * QV)                      // steps per lane and block
+#define QSB (QST / QBS)                  // blocks per tile
+#define QSTP (QST + 4)                   // padded tile row: rows q, q + 4k of 4 lanes in distinct bank groups
+#define QR (QPF + 1)                     // ring slots per thread: one more than in flight (no overwrite of a
+                                         // slot read in the previous block)
+#define QNT ((QPF + QSB - 1) / QSB + 1)  // tile buffers: a tile is copied ceil(QPF/QSB) tiles ahead
+#define QDP (QBS + 4)                    // padded dt/du row of a channel (8 channels in distinct bank groups)
 
 __device__ __forceinline__ float softplus_f(float x)
 {
-#ifdef QUAD_FAST_SOFTPLUS  // MUFU ex2 + lg2; a series where 1 + e would lose e's digits (rel. err < 1e-5)
-    if (x > 20.f) return x;
-    const float e = ex2(x * LOG2E);
+#ifdef QUAD_LIBM_SOFTPLUS
+    return x <= 20.f ? log1pf(__expf(x)) : x;
+#else  // MUFU ex2 + lg2, branch-free; a series where 1 + e would lose e's digits (rel. err < 1e-5)
+    const float e = ex2(fminf(x, 20.f) * LOG2E);
     float l;
     asm("lg2.approx.ftz.f32 %0, %1;" : "=f"(l) : "f"(1.f + e));
     const float s = e * fmaf(e, fmaf(e, fmaf(e, -0.25f, 0.33333334f), -0.5f), 1.f);
-    return e < 0.03125f ? s : l * 0.6931471805599453f;
-#else
-    return x <= 20.f ? log1pf(__expf(x)) : x;
+    return x > 20.f ? x : (e < 0.03125f ? s : l * 0.6931471805599453f);
 #endif
 }
 
-// a lane's 16 steps of a (batch, dim, L) row in the chunk at c0: steps 16s + 4q .. 16s + 4q + 3, s = 0..3
-template <bool VEC>
-__device__ __forceinline__ void load_quads(const float* __restrict__ row, long long c0, long long L, int q,
-                                           float (&v)[16])
+__device__ __forceinline__ void cp_async_wait_pf()
 {
+    asm volatile("cp.async.wait_group %0;" ::"n"(QPF - 1) : "memory");
+}
+
+// a thread's 4 steps t0 .. t0 + 3 of a (batch, dim, L) row into its ring slot: cp.async (zero past L), or
+// plain loads where rows are not 16-byte aligned
+template <bool VEC>
+__device__ __forceinline__ void quad_copy(const float* __restrict__ row, long long t0, long long L, float4* dst)
+{
+    if (VEC) {  // L % 4 == 0: the vector is whole or past the end
+        const bool in = t0 < L;
+        cp_async16(dst, in ? (const void*)(row + t0) : (const void*)row, in);
+    } else {
+        float v[4];
 #pragma unroll
-    for (int s = 0; s < 4; ++s) {
-        const long long t = c0 + 16 * s + 4 * q;
-        if (VEC && t < L) {  // L % 4 == 0: the vector is whole or past the end
-            const float4 x = __ldcs(reinterpret_cast<const float4*>(row + t));
-            v[4 * s] = x.x; v[4 * s + 1] = x.y; v[4 * s + 2] = x.z; v[4 * s + 3] = x.w;
+        for (int e = 0; e < 4; ++e) v[e] = t0 + e < L ? row[t0 + e] : 0.f;
+        *dst = make_float4(v[0], v[1], v[2], v[3]);
+    }
+}
+
+// the 16 x QST tile of a variable B or C for the tile at c0 (rows n >= N zero), in the caller's cp.async group
+template <bool VEC>
+__device__ __forceinline__ void quad_tile(const float* __restrict__ M, float* tile, long long c0, long long L, int N)
+{
+    for (int i = threadIdx.x; i < 16 * (QST / 4); i += blockDim.x) {
+        const int n = i / (QST / 4), c = i - n * (QST / 4);
+        const long long t = c0 + 4 * c;
+        float* dst = tile + n * QSTP + 4 * c;
+        if (VEC) {
+            const bool in = n < N && t < L;
+            cp_async16(dst, in ? (const void*)(M + (long long)n * L + t) : (const void*)M, in);
         } else {
 #pragma unroll
-            for (int e = 0; e < 4; ++e) v[4 * s + e] = t + e < L ? row[t + e] : 0.f;
+            for (int e = 0; e < 4; ++e) dst[e] = (n < N && t + e < L) ? M[(long long)n * L + t + e] : 0.f;
         }
     }
 }
@@ -468,15 +522,15 @@ template <bool VEC, bool BVAR, bool CVAR>
 __device__ __forceinline__ void selective_quad_impl(SARGS)
 {
     extern __shared__ float4 smem4[];
-    float* smem = reinterpret_cast<float*>(smem4);
-    const int CPB = blockDim.x >> 2;
-    float* tB = smem;                              // [2][16][STP]
-    float* tC = tB + (BVAR ? 2 * 16 * STP : 0);    // [2][16][STP]
-    float* sdt = tC + (CVAR ? 2 * 16 * STP : 0);   // [2][CPB][STP]
-    float* sdu = sdt + 2 * CPB * STP;              // [2][CPB][STP]
-    const unsigned mask = blockDim.x >= 32 ? 0xffffffffu : (1u << blockDim.x) - 1u;
+    const int nt = blockDim.x, CPB = nt >> 2;
+    float4* ring = smem4;                                      // [QR][3][QV][nt]: u, delta, z
+    float* tB = reinterpret_cast<float*>(ring + QR * 3 * QV * nt);  // [QNT][16][QSTP]
+    float* tC = tB + (BVAR ? QNT * 16 * QSTP : 0);             // [QNT][16][QSTP]
+    float* sdt = tC + (CVAR ? QNT * 16 * QSTP : 0);            // [2][CPB][QDP]
+    float* sdu = sdt + 2 * CPB * QDP;                          // [2][CPB][QDP]
+    const unsigned mask = nt >= 32 ? 0xffffffffu : (1u << nt) - 1u;
 
-    const int q = threadIdx.x & 3, ci = threadIdx.x >> 2;
+    const int tid = threadIdx.x, q = tid & 3, ci = tid >> 2;
     const int d = blockIdx.x * CPB + ci, bi = blockIdx.y;
     const long long row = ((long long)bi * dim + d) * L;
     const bool softplus = opts & 1, has_z = opts & 4, has_last = opts & 16;
@@ -494,110 +548,135 @@ __device__ __forceinline__ void selective_quad_impl(SARGS)
     const float* Cg = C;
     if (BVAR) Bg = B + ((long long)bi * GB + (long long)(blockIdx.x * CPB) / (dim / GB)) * N * L;
     if (CVAR) Cg = C + ((long long)bi * GC + (long long)(blockIdx.x * CPB) / (dim / GC)) * N * L;
+    const int nblk = (int)((L + QBS - 1) / QBS);  // blocks of QBS steps (the launcher keeps L < 2^31)
 
-    float pu[16], pd[16], pz[16];
-    load_quads<VEC>(u + row, 0, L, q, pu);
-    load_quads<VEC>(delta + row, 0, L, q, pd);
-    if (has_z) load_quads<VEC>(z + row, 0, L, q, pz);
-    if (BVAR) tile_async<VEC>(Bg, tB, 0, L, N);
-    if (CVAR) tile_async<VEC>(Cg, tC, 0, L, N);
-
-    float h[4] = {0.f, 0.f, 0.f, 0.f};
-    for (long long c0 = 0, chunk = 0; c0 < L; c0 += ST, ++chunk) {
-        const int buf = (int)(chunk & 1);
-        float* wdt = sdt + (buf * CPB + ci) * STP;
-        float* wdu = sdu + (buf * CPB + ci) * STP;
-        float yD[16], zs[16];
+    // block j's copies (u, delta, z of the thread's QE steps; with j the first block of a tile, the thread's
+    // share of the tile's B and C) as one cp.async group; groups past the end are empty, so that every block
+    // commits exactly one and cp.async.wait_group counts blocks
+    auto issue = [&](int j) {
+        if (j < nblk) {
+            float4* slot = ring + (j % QR) * 3 * QV * nt + tid;
+            const long long t0 = (long long)QBS * j + QE * q;
 #pragma unroll
-        for (int s = 0; s < 4; ++s) {  // dt, dt*u to shared memory; D*u and silu(z) kept for the output
-            float x4[4], xu[4];
+            for (int v = 0; v < QV; ++v) {
+                quad_copy<VEC>(u + row, t0 + 4 * v, L, slot + v * nt);
+                quad_copy<VEC>(delta + row, t0 + 4 * v, L, slot + (QV + v) * nt);
+                if (has_z) quad_copy<VEC>(z + row, t0 + 4 * v, L, slot + (2 * QV + v) * nt);
+            }
+            if (j % QSB == 0) {
+                const int tb = (j / QSB) % QNT;
+                if (BVAR) quad_tile<VEC>(Bg, tB + tb * 16 * QSTP, (long long)QBS * j, L, N);
+                if (CVAR) quad_tile<VEC>(Cg, tC + tb * 16 * QSTP, (long long)QBS * j, L, N);
+            }
+        }
+        cp_async_commit();
+    };
+    // block j's element-wise terms from its ring slot: dt (0 past L: the identity step), dt*u, D*u, silu(z)
+    auto elementwise = [&](int j, float (&dt)[QE], float (&du)[QE], float (&yD)[QE], float (&zs)[QE]) {
+        const float4* slot = ring + (j % QR) * 3 * QV * nt + tid;
+        const long long t0 = (long long)QBS * j + QE * q;
+#pragma unroll
+        for (int v = 0; v < QV; ++v) {
+            const float4 u4 = slot[v * nt], d4 = slot[(QV + v) * nt];
+            const float4 z4 = has_z ? slot[(2 * QV + v) * nt] : make_float4(0.f, 0.f, 0.f, 0.f);
+            const float us[4] = {u4.x, u4.y, u4.z, u4.w}, ds[4] = {d4.x, d4.y, d4.z, d4.w};
+            const float zz[4] = {z4.x, z4.y, z4.z, z4.w};
 #pragma unroll
             for (int e = 0; e < 4; ++e) {
-                const int i = 4 * s + e;
-                float x = pd[i] + bd;
+                const int i = 4 * v + e;
+                float x = ds[e] + bd;
                 if (softplus) x = softplus_f(x);
-                x = c0 + 16 * s + 4 * q + e < L ? x : 0.f;  // past the end: dt = 0, the identity step
-                x4[e] = x;
-                xu[e] = x * pu[i];
-                yD[i] = Dd * pu[i];
-                zs[i] = has_z ? __fdividef(pz[i], 1.f + __expf(-pz[i])) : 1.f;
+                dt[i] = t0 + i < L ? x : 0.f;
+                du[i] = dt[i] * us[e];
+                yD[i] = Dd * us[e];
+                zs[i] = has_z ? __fdividef(zz[e], 1.f + __expf(-zz[e])) : 1.f;
             }
-            *reinterpret_cast<float4*>(wdt + 16 * s + 4 * q) = make_float4(x4[0], x4[1], x4[2], x4[3]);
-            *reinterpret_cast<float4*>(wdu + 16 * s + 4 * q) = make_float4(xu[0], xu[1], xu[2], xu[3]);
         }
-#ifdef QUAD_L2_PREFETCH  // every 4 chunks, ask L2 for the 1 KB of u, delta, z (one row each) 4 chunks ahead
-        if (VEC && q == 0 && (chunk & 3) == 0 && c0 + 8 * ST <= L) {
-            asm volatile("cp.async.bulk.prefetch.L2.global [%0], 1024;" ::"l"(u + row + c0 + 4 * ST) : "memory");
-            asm volatile("cp.async.bulk.prefetch.L2.global [%0], 1024;" ::"l"(delta + row + c0 + 4 * ST) : "memory");
-            if (has_z)
-                asm volatile("cp.async.bulk.prefetch.L2.global [%0], 1024;" ::"l"(z + row + c0 + 4 * ST) : "memory");
-        }
-#endif
-        cp_async_wait_all();
-        __syncthreads();
-        if (c0 + ST < L) {  // prefetch the next chunk while this one is computed
-            load_quads<VEC>(u + row, c0 + ST, L, q, pu);
-            load_quads<VEC>(delta + row, c0 + ST, L, q, pd);
-            if (has_z) load_quads<VEC>(z + row, c0 + ST, L, q, pz);
-            if (BVAR) tile_async<VEC>(Bg, tB + (buf ^ 1) * 16 * STP, c0 + ST, L, N);
-            if (CVAR) tile_async<VEC>(Cg, tC + (buf ^ 1) * 16 * STP, c0 + ST, L, N);
-        }
-        const float* rB = tB + buf * 16 * STP + q * STP;  // row q; rows q + 4k at + 4k * STP
-        const float* rC = tC + buf * 16 * STP + q * STP;
+    };
+
+    for (int j = 0; j < QPF; ++j) issue(j);
+    cp_async_wait_pf();  // block 0 is here
+    float dt[QE], du[QE], yD[QE], zs[QE];
+    elementwise(0, dt, du, yD, zs);
+
+    float h[4] = {0.f, 0.f, 0.f, 0.f};
+    for (int j = 0; j < nblk; ++j) {
+        // every thread's share of tile j / QSB is here, and tile j / QSB - QNT + 1 (in the buffer that this
+        // tile's next copy overwrites) is read by all
+        if (j % QSB == 0) __syncthreads();
+        const int buf = (int)(j & 1);
+        float* wdt = sdt + (buf * CPB + ci) * QDP;
+        float* wdu = sdu + (buf * CPB + ci) * QDP;
 #pragma unroll
-        for (int s = 0; s < 4; ++s) {
-            float yp[16];
+        for (int v = 0; v < QV; ++v) {
+            const int i = 4 * v;
+            *reinterpret_cast<float4*>(wdt + QE * q + i) = make_float4(dt[i], dt[i + 1], dt[i + 2], dt[i + 3]);
+            *reinterpret_cast<float4*>(wdu + QE * q + i) = make_float4(du[i], du[i + 1], du[i + 2], du[i + 3]);
+        }
+        __syncwarp(mask);  // block j's dt, du of the channel's 4 lanes are visible; block j - 1's buffer is free
+        issue(j + QPF);
+        cp_async_wait_pf();  // block j + 1 is here
+        float ndt[QE], ndu[QE], nyD[QE], nzs[QE];
+        elementwise(j + 1 < nblk ? j + 1 : j, ndt, ndu, nyD, nzs);
+
+        const int tb = (j / QSB) % QNT, off = (j % QSB) * QBS;
+        const float* rB = tB + tb * 16 * QSTP + q * QSTP + off;  // row q; rows q + 4k at + 4k * QSTP
+        const float* rC = tC + tb * 16 * QSTP + q * QSTP + off;
+        float yp[QBS];
 #ifdef DIAG_NO_SCAN  // timing diagnostic only (wrong results): the memory traffic and element-wise work alone
 #pragma unroll
-            for (int i = 0; i < 16; ++i) yp[i] = 0.f;
+        for (int i = 0; i < QBS; ++i) yp[i] = wdt[i] + wdu[i];
 #else
 #pragma unroll
-            for (int g = 0; g < 4; ++g) {
-                const int t = 16 * s + 4 * g;
-                const float4 dt4 = *reinterpret_cast<const float4*>(wdt + t);
-                const float4 du4 = *reinterpret_cast<const float4*>(wdu + t);
-                const float dts[4] = {dt4.x, dt4.y, dt4.z, dt4.w}, dus[4] = {du4.x, du4.y, du4.z, du4.w};
-                float bs[4][4], cs[4][4];
-#pragma unroll
-                for (int k = 0; k < 4; ++k) {
-                    float4 b4 = make_float4(Bk[k], Bk[k], Bk[k], Bk[k]), c4 = make_float4(Ck[k], Ck[k], Ck[k], Ck[k]);
-                    if (BVAR) b4 = *reinterpret_cast<const float4*>(rB + 4 * k * STP + t);
-                    if (CVAR) c4 = *reinterpret_cast<const float4*>(rC + 4 * k * STP + t);
-                    bs[k][0] = b4.x; bs[k][1] = b4.y; bs[k][2] = b4.z; bs[k][3] = b4.w;
-                    cs[k][0] = c4.x; cs[k][1] = c4.y; cs[k][2] = c4.z; cs[k][3] = c4.w;
-                }
-#pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                    float acc = 0.f;
-#pragma unroll
-                    for (int k = 0; k < 4; ++k) {
-#ifdef DIAG_NO_EX2  // timing diagnostic only (wrong results): the exponentials replaced by one FFMA
-                        h[k] = fmaf(fmaf(dts[e], a[k], 1.f), h[k], dus[e] * bs[k][e]);
-#else
-                        h[k] = fmaf(ex2(dts[e] * a[k]), h[k], dus[e] * bs[k][e]);
-#endif
-                        acc = k == 0 ? cs[k][e] * h[k] : fmaf(cs[k][e], h[k], acc);
-                    }
-                    yp[4 * g + e] = acc;
-                }
-            }
-            // reduce-scatter over the 4 lanes: xor 2 halves the 16 steps, xor 1 the 8 left; lane q keeps 4q..4q+3
-            const bool up2 = q & 2, up1 = q & 1;
-#pragma unroll
-            for (int k = 0; k < 8; ++k) {
-                const float send = up2 ? yp[k] : yp[k + 8], keep = up2 ? yp[k + 8] : yp[k];
-                yp[k] = keep + __shfl_xor_sync(mask, send, 2);
-            }
+        for (int g = 0; g < QBS / 4; ++g) {
+            const float4 dt4 = *reinterpret_cast<const float4*>(wdt + 4 * g);
+            const float4 du4 = *reinterpret_cast<const float4*>(wdu + 4 * g);
+            const float dts[4] = {dt4.x, dt4.y, dt4.z, dt4.w}, dus[4] = {du4.x, du4.y, du4.z, du4.w};
+            float bs[4][4], cs[4][4];
 #pragma unroll
             for (int k = 0; k < 4; ++k) {
-                const float send = up1 ? yp[k] : yp[k + 4], keep = up1 ? yp[k + 4] : yp[k];
-                yp[k] = keep + __shfl_xor_sync(mask, send, 1);
+                float4 b4 = make_float4(Bk[k], Bk[k], Bk[k], Bk[k]), c4 = make_float4(Ck[k], Ck[k], Ck[k], Ck[k]);
+                if (BVAR) b4 = *reinterpret_cast<const float4*>(rB + 4 * k * QSTP + 4 * g);
+                if (CVAR) c4 = *reinterpret_cast<const float4*>(rC + 4 * k * QSTP + 4 * g);
+                bs[k][0] = b4.x; bs[k][1] = b4.y; bs[k][2] = b4.z; bs[k][3] = b4.w;
+                cs[k][0] = c4.x; cs[k][1] = c4.y; cs[k][2] = c4.z; cs[k][3] = c4.w;
             }
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                float acc = 0.f;
+#pragma unroll
+                for (int k = 0; k < 4; ++k) {
+#ifdef DIAG_NO_EX2  // timing diagnostic only (wrong results): the exponentials replaced by one FFMA
+                    h[k] = fmaf(fmaf(dts[e], a[k], 1.f), h[k], dus[e] * bs[k][e]);
+#else
+                    h[k] = fmaf(ex2(dts[e] * a[k]), h[k], dus[e] * bs[k][e]);
 #endif
-            const long long t = c0 + 16 * s + 4 * q;
+                    acc = k == 0 ? cs[k][e] * h[k] : fmaf(cs[k][e], h[k], acc);
+                }
+                yp[4 * g + e] = acc;
+            }
+        }
+#endif
+        // reduce-scatter over the 4 lanes: xor 2 halves the QBS steps, xor 1 the half left; lane q keeps its QE
+        // steps QE*q ..
+        const bool up2 = q & 2, up1 = q & 1;
+#pragma unroll
+        for (int k = 0; k < QBS / 2; ++k) {
+            const float send = up2 ? yp[k] : yp[k + QBS / 2], keep = up2 ? yp[k + QBS / 2] : yp[k];
+            yp[k] = keep + __shfl_xor_sync(mask, send, 2);
+        }
+#pragma unroll
+        for (int k = 0; k < QE; ++k) {
+            const float send = up1 ? yp[k] : yp[k + QE], keep = up1 ? yp[k + QE] : yp[k];
+            yp[k] = keep + __shfl_xor_sync(mask, send, 1);
+        }
+        const long long t0 = (long long)QBS * j + QE * q;
+#pragma unroll
+        for (int v = 0; v < QV; ++v) {
+            const long long t = t0 + 4 * v;
             float o[4];
 #pragma unroll
-            for (int e = 0; e < 4; ++e) o[e] = (yp[e] + yD[4 * s + e]) * zs[4 * s + e];
+            for (int e = 0; e < 4; ++e) o[e] = (yp[4 * v + e] + yD[4 * v + e]) * zs[4 * v + e];
             if (VEC && t < L) {
                 __stcs(reinterpret_cast<float4*>(out + row + t), make_float4(o[0], o[1], o[2], o[3]));
             } else {
@@ -606,7 +685,10 @@ __device__ __forceinline__ void selective_quad_impl(SARGS)
                     if (t + e < L) out[row + t + e] = o[e];
             }
         }
+#pragma unroll
+        for (int i = 0; i < QE; ++i) { dt[i] = ndt[i]; du[i] = ndu[i]; yD[i] = nyD[i]; zs[i] = nzs[i]; }
     }
+    cp_async_wait_all();  // no copy outlives the block
     if (has_last) {
 #pragma unroll
         for (int k = 0; k < 4; ++k)
