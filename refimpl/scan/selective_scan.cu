@@ -239,15 +239,16 @@ __device__ __forceinline__ void cp_async16(void* smem_ptr, const void* gptr, boo
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;"); }
 __device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_group 0;" ::: "memory"); }
 
-// the 16 x ST tile of a variable B or C for the chunk at c0 into shared memory (rows n >= N are zeros)
-template <bool VEC>
+// the 16 x W tile of a variable B or C for the steps from c0 into shared memory, rows WP floats apart (rows
+// n >= N are zeros), in the caller's cp.async group
+template <bool VEC, int W, int WP>
 __device__ __forceinline__ void tile_async(const float* __restrict__ M, float* tile, long long c0, long long L,
                                            int N)
 {
-    for (int q = threadIdx.x; q < 16 * (ST / 4); q += blockDim.x) {
-        const int n = q / (ST / 4), c = q - n * (ST / 4);
+    for (int q = threadIdx.x; q < 16 * (W / 4); q += blockDim.x) {
+        const int n = q / (W / 4), c = q - n * (W / 4);
         const long long t = c0 + 4 * c;
-        float* dst = tile + n * STP + 4 * c;
+        float* dst = tile + n * WP + 4 * c;
         if (VEC) {
             const bool in = n < N && t < L;
             cp_async16(dst, in ? (const void*)(M + (long long)n * L + t) : (const void*)M, in);
@@ -309,8 +310,8 @@ __device__ __forceinline__ void selective_states_impl(SARGS)
     load_steps<VEC>(u + row, 0, L, p, pu);
     load_steps<VEC>(delta + row, 0, L, p, pd);
     if (has_z) load_steps<VEC>(z + row, 0, L, p, pz);
-    if (BVAR) tile_async<VEC>(Bg, tB, 0, L, N);
-    if (CVAR) tile_async<VEC>(Cg, tC, 0, L, N);
+    if (BVAR) tile_async<VEC, ST, STP>(Bg, tB, 0, L, N);
+    if (CVAR) tile_async<VEC, ST, STP>(Cg, tC, 0, L, N);
 
     float h0 = 0.f, h1 = 0.f;
     for (long long c0 = 0, chunk = 0; c0 < L; c0 += ST, ++chunk) {
@@ -333,8 +334,8 @@ __device__ __forceinline__ void selective_states_impl(SARGS)
             load_steps<VEC>(u + row, c0 + ST, L, p, pu);
             load_steps<VEC>(delta + row, c0 + ST, L, p, pd);
             if (has_z) load_steps<VEC>(z + row, c0 + ST, L, p, pz);
-            if (BVAR) tile_async<VEC>(Bg, tB + (buf ^ 1) * 16 * STP, c0 + ST, L, N);
-            if (CVAR) tile_async<VEC>(Cg, tC + (buf ^ 1) * 16 * STP, c0 + ST, L, N);
+            if (BVAR) tile_async<VEC, ST, STP>(Bg, tB + (buf ^ 1) * 16 * STP, c0 + ST, L, N);
+            if (CVAR) tile_async<VEC, ST, STP>(Cg, tC + (buf ^ 1) * 16 * STP, c0 + ST, L, N);
         }
         const float* rdt = sdt + (buf * CPB + ci) * ST;
         const float* rdu = sdu + (buf * CPB + ci) * ST;
@@ -500,24 +501,6 @@ __device__ __forceinline__ void quad_copy(const float* __restrict__ row, long lo
     }
 }
 
-// the 16 x QST tile of a variable B or C for the tile at c0 (rows n >= N zero), in the caller's cp.async group
-template <bool VEC>
-__device__ __forceinline__ void quad_tile(const float* __restrict__ M, float* tile, long long c0, long long L, int N)
-{
-    for (int i = threadIdx.x; i < 16 * (QST / 4); i += blockDim.x) {
-        const int n = i / (QST / 4), c = i - n * (QST / 4);
-        const long long t = c0 + 4 * c;
-        float* dst = tile + n * QSTP + 4 * c;
-        if (VEC) {
-            const bool in = n < N && t < L;
-            cp_async16(dst, in ? (const void*)(M + (long long)n * L + t) : (const void*)M, in);
-        } else {
-#pragma unroll
-            for (int e = 0; e < 4; ++e) dst[e] = (n < N && t + e < L) ? M[(long long)n * L + t + e] : 0.f;
-        }
-    }
-}
-
 template <bool VEC, bool BVAR, bool CVAR>
 __device__ __forceinline__ void selective_quad_impl(SARGS)
 {
@@ -565,8 +548,8 @@ __device__ __forceinline__ void selective_quad_impl(SARGS)
             }
             if (j % QSB == 0) {
                 const int tb = (j / QSB) % QNT;
-                if (BVAR) quad_tile<VEC>(Bg, tB + tb * 16 * QSTP, (long long)QBS * j, L, N);
-                if (CVAR) quad_tile<VEC>(Cg, tC + tb * 16 * QSTP, (long long)QBS * j, L, N);
+                if (BVAR) tile_async<VEC, QST, QSTP>(Bg, tB + tb * 16 * QSTP, (long long)QBS * j, L, N);
+                if (CVAR) tile_async<VEC, QST, QSTP>(Cg, tC + tb * 16 * QSTP, (long long)QBS * j, L, N);
             }
         }
         cp_async_commit();
