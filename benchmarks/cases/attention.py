@@ -36,15 +36,22 @@ def _prefill_gpu(b, h, L, d, api):
     return setup
 
 
-def _prefill_torch(b, h, L, d):
+def _sdpa_torch(q_shape, kv_shape, device, **kw):
+    """torch SDPA on random (batch, heads, length, d) q and k, v: float16 on the GPU, float32 on the CPU."""
     def setup():
         import torch
 
-        g = torch.Generator(device="cuda").manual_seed(0)
-        q, k, v = (torch.randn((b, h, L, d), device="cuda", dtype=torch.float16, generator=g) for _ in range(3))
+        g = torch.Generator(device=device).manual_seed(0)
+        dt = torch.float16 if device == "cuda" else torch.float32
+        q = torch.randn(q_shape, device=device, dtype=dt, generator=g)
+        k, v = (torch.randn(kv_shape, device=device, dtype=dt, generator=g) for _ in range(2))
         F = torch.nn.functional
-        return lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return lambda: F.scaled_dot_product_attention(q, k, v, **kw)
     return setup
+
+
+def _prefill_torch(b, h, L, d):
+    return _sdpa_torch((b, h, L, d), (b, h, L, d), "cuda", is_causal=True)
 
 
 def _decode_gpu(b, h, h_k, d, L, api):
@@ -63,16 +70,7 @@ def _decode_gpu(b, h, h_k, d, L, api):
 
 
 def _decode_torch(b, h, h_k, d, L, device):
-    def setup():
-        import torch
-
-        g = torch.Generator(device=device).manual_seed(0)
-        dt = torch.float16 if device == "cuda" else torch.float32
-        q = torch.randn((b, h, 1, d), device=device, dtype=dt, generator=g)
-        k, v = (torch.randn((b, h_k, L, d), device=device, dtype=dt, generator=g) for _ in range(2))
-        F = torch.nn.functional
-        return lambda: F.scaled_dot_product_attention(q, k, v, enable_gqa=True)
-    return setup
+    return _sdpa_torch((b, h, 1, d), (b, h_k, L, d), device, enable_gqa=True)
 
 
 def _decode_cpu(b, h, h_k, d, L, impl):

@@ -380,6 +380,15 @@ __device__ __forceinline__ void issue_tile(const T* __restrict__ pa, const T* __
     cp_async_commit();
 }
 
+// The E elements at i0 of a tile in shared memory, as one 16-byte read: a thread's piece of one round.
+template <typename T>
+__device__ __forceinline__ Vec<T> piece(const T* s, int i0)
+{
+    Vec<T> v;
+    v.f4 = *reinterpret_cast<const float4*>(s + i0);
+    return v;
+}
+
 // One block per tile, tile = blockIdx.x: blocks are dispatched in index order, so a block only ever waits
 // for blocks already running (the assumption CUB's single-pass scan makes too).
 template <typename T, bool VEC>
@@ -410,9 +419,7 @@ __device__ __forceinline__ void linear_scan_tile(const T* __restrict__ a, const 
 #pragma unroll
     for (int r = 0; r < J; ++r) {
         const int i0 = warp * SEG + (r * 32 + lane) * E;
-        Vec<T> va, vb;
-        va.f4 = *reinterpret_cast<const float4*>(s_a + i0);
-        vb.f4 = *reinterpret_cast<const float4*>(s_b + i0);
+        const Vec<T> va = piece(s_a, i0), vb = piece(s_b, i0);
         round_prefix(va.v, vb.v, cA, cB, xA[r], xB[r], lane);
     }
     if (lane == 0) { s_wA[warp] = cA; s_wB[warp] = cB; }
@@ -427,9 +434,7 @@ __device__ __forceinline__ void linear_scan_tile(const T* __restrict__ a, const 
 #pragma unroll
     for (int r = 0; r < J; ++r) {
         const int i0 = warp * SEG + (r * 32 + lane) * E;
-        Vec<T> va, vb;
-        va.f4 = *reinterpret_cast<const float4*>(s_a + i0);
-        vb.f4 = *reinterpret_cast<const float4*>(s_b + i0);
+        const Vec<T> va = piece(s_a, i0), vb = piece(s_b, i0);
         T v[E];
         T hc = mad(xA[r], hw, xB[r]);  // h before this thread's E elements of round r
 #pragma unroll
