@@ -57,8 +57,11 @@ def require_shape(name, a, expected, what=None):
 
 def broadcast_shape(names_and_shapes):
     """The broadcast of several shapes, or a ``ValueError`` naming the arguments that do not broadcast."""
+    shapes = [tuple(s) for _, s in names_and_shapes]
+    if all(s == shapes[0] for s in shapes):  # the common case, without NumPy's machinery
+        return shapes[0]
     try:
-        return np.broadcast_shapes(*(s for _, s in names_and_shapes))
+        return np.broadcast_shapes(*shapes)
     except ValueError:
         listed = ", ".join(f"{n} {tuple(s)}" for n, s in names_and_shapes)
         raise ValueError(f"shapes do not broadcast: {listed}") from None

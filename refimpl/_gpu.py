@@ -73,3 +73,25 @@ def blocks_for(n, threads, per_thread=1, max_blocks=None):
         max_blocks = multiprocessors(cp.cuda.Device().id) * 16
     need = -(-n // (threads * per_thread))
     return max(1, min(need, max_blocks))
+
+
+def launch_words(fn, grid, block, words, shared_mem=0):
+    """Launch the ``cupy.RawKernel`` ``fn`` on the current stream through ``cuLaunchKernel``, each argument
+    an ``int`` in the low bytes of its own 8-byte word (little-endian): device pointers and ``long long``
+    whole, 32-bit integers masked to 32 bits (the driver reads as many bytes as the parameter has). The
+    parameter block is packed by two ctypes constructions.
+
+    Why: a one-launch call's CUDA-event timing counts the host time before its launch while the GPU waits,
+    and CuPy's own call converts every argument through its generic machinery (11 arguments: about 11 us on
+    the H100 machine, measured, against about 4 here). ``grid`` and ``block`` are 3-tuples or ints.
+    """
+    import ctypes
+
+    n = len(words)
+    values = (ctypes.c_uint64 * n)(*words)
+    base = ctypes.addressof(values)
+    params = (ctypes.c_void_p * n)(*range(base, base + 8 * n, 8))
+    gx, gy, gz = (grid, 1, 1) if isinstance(grid, int) else (tuple(grid) + (1, 1))[:3]
+    bx, by, bz = (block, 1, 1) if isinstance(block, int) else (tuple(block) + (1, 1))[:3]
+    cp.cuda.driver.launchKernel(fn.kernel.ptr, gx, gy, gz, bx, by, bz, shared_mem,
+                                cp.cuda.get_current_stream().ptr, ctypes.addressof(params), 0)

@@ -405,6 +405,42 @@ def test_gpu_cross_check_with_torch_sdpa_fp16(rng):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("d", [128, 64])
+def test_gpu_float16_prefill_kernels(d, rng):
+    """The float16 prefill kernel (flash_fwd_sm90.cu, wgmma, on a device of compute capability 9.0; flash_fwd.cu
+    elsewhere) at d = 128 and 64: s_q = s_k, s_q < s_k and s_q > s_k (rows that see no key), lengths that are no
+    multiple of the 128-row tiles, MHA, GQA and MQA, two batch rows; then a cache whose rows hold different key
+    counts (NaN past them) with 200 new keys each. Fresh pool poisoned with NaN before every call."""
+    import cupy as cp
+
+    gpu = pytest.importorskip("refimpl.attention.gpu")
+    for causal in (True, False):
+        for s_q, s_k, h, h_k in ((130, 130, 4, 4), (40, 300, 8, 2), (300, 40, 8, 2), (257, 1000, 4, 1),
+                                 (1000, 257, 8, 2)):
+            q, k, v = qkv(rng, 2, s_q, s_k, h, h_k, d=d, dtype="float16")
+            poison_gpu_pool()
+            out, lse = gpu.attention(q, k, v, causal=causal, return_lse=True)
+            want_out, want_lse = truth(q, k, v, causal)
+            name = f"{s_q}x{s_k} h {h}/{h_k} causal {causal}"
+            assert_close(out.get(), want_out, op="attention", dtype="float16", name=f"out {name}")
+            assert_close(lse.get(), want_lse, op="attention", dtype="float16", name=f"lse {name}")
+    lens, s_new, h, h_k = np.array([0, 300, 997]), 200, 8, 2
+    kc = np.full((3, 1300, h_k, d), np.nan, dtype=np.float16)
+    vc = kc.copy()
+    for r in range(3):
+        kc[r, :lens[r]], vc[r, :lens[r]] = (rng.standard_normal((lens[r], h_k, d)) for _ in range(2))
+    q, kn, vn = qkv(rng, 3, s_new, s_new, h, h_k, d=d, dtype="float16")
+    for causal in (True, False):
+        poison_gpu_pool()
+        out = gpu.attention_with_kvcache(q, cp.asarray(kc), cp.asarray(vc), kn, vn, cache_seqlens=lens,
+                                         causal=causal).get()
+        for r in range(3):
+            keys, vals = (np.concatenate([c[r, :lens[r]], n[r]])[None] for c, n in ((kc, kn), (vc, vn)))
+            assert_close(out[r:r + 1], truth(q[r:r + 1], keys, vals, causal)[0], op="attention_with_kvcache",
+                         dtype="float16", name=f"cache row {r} (L = {lens[r] + s_new}) causal {causal}")
+
+
+@pytest.mark.gpu
 def test_gpu_decode_merge_is_deterministic(rng):
     """The last block of each group merges the pieces in a fixed order: repeated calls agree bit for bit (and
     the per-group counters are back at zero after every call, or the second call would merge too early)."""
@@ -424,6 +460,30 @@ def test_gpu_decode_merge_is_deterministic(rng):
                          name=f"num_splits {n} row {r}")
             assert_close(outs[0][1][r:r + 1], want_lse, op="attention_with_kvcache", dtype="float16",
                          name=f"lse, num_splits {n} row {r}")
+
+
+@pytest.mark.gpu
+def test_gpu_decode_plan_matches_the_call(rng):
+    """gpu.plan's packed launches (the merge launched early, PDL) give the public call's result bit for bit, on
+    GQA, MQA, two query rows per group, per-row lengths that are not a multiple of the 16-key tile, and forced
+    split counts; the output is poisoned between the plan's calls."""
+    import cupy as cp
+
+    gpu = pytest.importorskip("refimpl.attention.gpu")
+    for b, s_q, h, h_k, d, lens in ((2, 1, 32, 8, 128, [2000, 777]), (2, 1, 8, 1, 128, [1500, 1500]),
+                                    (3, 2, 8, 2, 64, [1, 999, 333]), (1, 1, 4, 4, 128, [4099])):
+        q, k, v = qkv(rng, b, s_q, max(lens), h, h_k, d=d, dtype="float16")
+        qd, kd, vd = cp.asarray(q), cp.asarray(k), cp.asarray(v)
+        for n in (0, 7):
+            run = gpu.plan(qd, kd, vd, cache_seqlens=lens, causal=True, num_splits=n)
+            run().fill(cp.nan)
+            got = run().get()
+            call = gpu.attention_with_kvcache(qd, kd, vd, cache_seqlens=lens, causal=True, num_splits=n).get()
+            np.testing.assert_array_equal(got, call)
+            for r in range(b):
+                want = truth(q[r:r + 1], k[r:r + 1, :lens[r]], v[r:r + 1, :lens[r]], True)[0]
+                assert_close(got[r:r + 1], want, op="attention_with_kvcache", dtype="float16",
+                             name=f"b{b} h{h}/{h_k} s_q {s_q} num_splits {n} row {r}")
 
 
 @pytest.mark.gpu

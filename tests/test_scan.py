@@ -170,17 +170,31 @@ def test_cpu_chunked_path_matches(rng, monkeypatch):
 
 @pytest.mark.gpu
 def test_gpu_linear_scan_many_windows_and_sequences(rng):
-    """Several look-back windows (128 tiles of 4096) in one sequence, and many sequences, against float64."""
+    """Many look-back windows (32 tiles of 4096) and three super-windows (2^22 elements each) in one sequence,
+    and many sequences, against float64."""
     import refimpl.scan.cpu as cpu
     import refimpl.scan.gpu as gpu
 
-    for shape in ((1, 3 * 2**20 + 4 * 1000 + 8), (3, 2**20 + 5), (257, 4096 * 3)):
+    for shape in ((1, 9 * 2**20 + 4 * 1000 + 8), (3, 2**20 + 5), (257, 4096 * 3)):
         a, b = coefficients(rng, shape)
         h0 = rng.standard_normal(shape[0])
         want = cpu.linear_scan(a, b, h0)  # float64 Numba twin, checked against the reference above
         poison_pool(a.nbytes)
         got = gpu.linear_scan(a.astype(np.float32), b.astype(np.float32), h0.astype(np.float32))
         assert_close(got, want, op="linear_scan", dtype="float32")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("complex_", [False, True], ids=["real", "complex"])
+def test_gpu_linear_scan_without_h0(rng, complex_):
+    """No h0: the kernel gets a null pointer and starts from 0 (poisoned memory would show if it read one)."""
+    import refimpl.scan.gpu as gpu
+
+    dt = np.complex64 if complex_ else np.float32
+    a, b = coefficients(rng, (5, 3 * 4096 + 7), complex_)
+    want = ref.linear_scan(a, b, np.zeros(5))
+    poison_pool(a.nbytes)
+    assert_close(gpu.linear_scan(a.astype(dt), b.astype(dt)), want, op="linear_scan", dtype="float32")
 
 
 @pytest.mark.gpu
@@ -424,6 +438,39 @@ def test_gpu_selective_scan_unaligned_and_deterministic(rng):
         assert_close(first, want, op="selective_scan", dtype="float32")
         for _ in range(3):
             assert cp.array_equal(gpu.selective_scan(**args, **kw), first)
+
+
+@pytest.mark.gpu
+def test_gpu_selective_scan_cupy_inputs_cached_plan(rng):
+    """CuPy float32 inputs go to the kernel as they are, through a launch worked out once per set of shapes:
+    the same shapes again with 16-byte-misaligned views (the other kernel, same plan), and check_finite still
+    raises on a cached plan."""
+    import cupy as cp
+
+    import refimpl.scan.gpu as gpu
+
+    args, kw = selective_inputs(rng, "all", b=2, d=16, L=256, N=16, G=2, dtype=np.float32)
+    want = ref.selective_scan(**args, **kw)
+    dev = {k: cp.asarray(np.asarray(v, dtype=np.float32)) for k, v in args.items()}
+    kwd = {k: (cp.asarray(np.asarray(v, dtype=np.float32)) if isinstance(v, np.ndarray) else v)
+           for k, v in kw.items()}
+    for _ in range(2):
+        poison_pool(args["u"].nbytes * 4)
+        assert_close(gpu.selective_scan(**dev, **kwd), want, op="selective_scan", dtype="float32")
+
+    def shifted(x):  # C-contiguous, 4 bytes past a 16-byte boundary
+        flat = cp.empty(x.size + 1, dtype=cp.float32)
+        flat[1:] = x.ravel()
+        return flat[1:].reshape(x.shape)
+
+    mis = {**dev, "u": shifted(dev["u"]), "delta": shifted(dev["delta"])}
+    assert mis["u"].flags.c_contiguous and mis["u"].data.ptr % 16
+    assert_close(gpu.selective_scan(**mis, **{**kwd, "z": shifted(kwd["z"])}), want, op="selective_scan",
+                 dtype="float32")
+    bad = dev["u"].copy()
+    bad[0, 0, 0] = cp.nan
+    with pytest.raises(ValueError, match="u: contains NaN or inf"):
+        gpu.selective_scan(**{**dev, "u": bad}, **kwd)
 
 
 def test_selective_is_linear_scan_per_state(rng):

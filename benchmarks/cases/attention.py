@@ -2,8 +2,10 @@
 
 GPU (PERFORMANCE.md): prefill fp16 b1 h32 d128 at L 4096 and 16384 against torch SDPA's TFLOP/s; decode fp16,
 GQA 32/8, d128 at b1 cache 32K, b8 cache 32K and b1 cache 128K against copy bandwidth and SDPA. ``gpu`` times
-the kernel launches of a call whose arguments were checked once (``gpu.plan``); ``gpu:api`` times the public
-call (``check_finite=False``), whose host-side checks add launch latency. Causal flops are counted as
+the kernel launches of a call whose arguments were checked once (``gpu.plan``; for decode the two launches
+are replayed as one CUDA graph, as a serving loop would); ``gpu:api`` times the public
+call (``check_finite=False``), whose host-side checks add launch latency; ``gpu:mma.sync`` times the prefill
+fallback kernel flash_fwd.cu (the ``gpu`` prefill on the H100 is flash_fwd_sm90.cu). Causal flops are counted as
 4·b·h·s_q·s_k·d/2 (the masked half is not work); decode bytes are the K and V read once plus q and out.
 CPU: decode against the NumPy reference and torch SDPA on CPU where torch is installed.
 """
@@ -21,7 +23,9 @@ DECODE_GOAL = "attention.gpu.attention_with_kvcache decode fp16: >= 90% of copy 
 CPU_GOAL = "attention.cpu.attention_with_kvcache decode: at least as fast as torch SDPA on CPU; >= 20x NumPy"
 
 
-def _prefill_gpu(b, h, L, d, api):
+def _prefill_gpu(b, h, L, d, api, fallback=False):
+    """``fallback``: flash_fwd.cu (mma.sync, FlashAttention-2 style), the kernel used where flash_fwd_sm90.cu
+    (wgmma, the default on the H100) does not apply, timed in the same run for comparison."""
     def setup():
         import cupy as cp
 
@@ -31,8 +35,12 @@ def _prefill_gpu(b, h, L, d, api):
         q, k, v = (rs.standard_normal((b, L, h, d), dtype=cp.float32).astype(cp.float16) for _ in range(3))
         if api:
             return lambda: gpu.attention(q, k, v, causal=True, check_finite=False)
-        run = gpu.plan(q, k, v, causal=True)
-        return run
+        on = gpu.F90_CONFIG["F90_ON"]
+        gpu.F90_CONFIG["F90_ON"] = 0 if fallback else on
+        try:
+            return gpu.plan(q, k, v, causal=True)  # the kernel is chosen here, once
+        finally:
+            gpu.F90_CONFIG["F90_ON"] = on
     return setup
 
 
@@ -99,6 +107,7 @@ def cases(quick: bool) -> list[Case]:
         flops = 4 * b * h * L * L * d / 2
         nbytes = 4 * b * L * h * d * 2
         for impl, setup in (("gpu", _prefill_gpu(b, h, L, d, False)), ("gpu:api", _prefill_gpu(b, h, L, d, True)),
+                            ("gpu:mma.sync", _prefill_gpu(b, h, L, d, False, fallback=True)),
                             ("torch.sdpa(gpu)", _prefill_torch(b, h, L, d))):
             out.append(Case("attention", impl, "float16", shape, setup, bytes=nbytes, flops=flops, bound="compute",
                             peer=None if impl.startswith("torch") else "torch.sdpa(gpu)", goal=PREFILL_GOAL,

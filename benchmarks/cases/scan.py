@@ -137,6 +137,19 @@ extern "C" __global__ void ex2_floor(float* out, long long per_thread)
 """
 
 
+#: selective_scan, quad kernel, tried and dropped (2026-11-22, H100, b2 d4096 L4096 N16; kernel alone = 20
+#: calls back to back, ms; the default 0.279-0.282 in the same runs, floor 0.181-0.185 = bytes / copy). The
+#: streaming part is slow through its access pattern, not its bytes: each copy reads 64 B of a row (4 lanes
+#: x 16 B) of 24k rows walked at once. With the scan removed (DIAG_NO_SCAN, wrong results) an L2 prefetch
+#: hint on the u/delta/z cp.async (.L2::256B / 128B) takes that part from 0.268 to 0.203 / 0.210; with the
+#: scan in, 0.277-0.282 whatever the hint (64 / 128 / 256 B): the scan (issue slots, MUFU, B/C shared reads,
+#: 2 warps per scheduler) needs about as long as the streaming did. Also no faster: copies of
+#: 2 / 4 blocks issued together (longer runs of a row; 0.287 / 0.293, with the hint 0.291 / 0.295), plain
+#: instead of evict-first stores of out (0.281), QPF 6 / 10 with the hint (0.276 / 0.287), dt and dt*u to the
+#: channel's other lanes by 32 shuffles instead of 2 STS.128 + __syncwarp + 8 LDS.128 per 16 steps (0.288;
+#: 0.289 / 0.303 with the 128 / 256 B hint). Host time of one call (b2b excluded): 23-25 us, of which 11 in
+#: _SelectivePlan.launch (10 pointers, launch_words' two ctypes arrays, cuLaunchKernel), 3 in the ready
+#: checks, 2 the plan key, 2.4 cp.empty.
 def _sel_case(impl, b, d, L, N, peer=None, note=""):
     n = b * d * L
     nbytes = n * 4 * 4 + 2 * b * N * L * 4 + d * (N + 2) * 4  # u, delta, z in, out; B, C; A, D, bias
@@ -260,7 +273,20 @@ def summary(path):
 #: the tile aggregate published after a barrier of the compute warps alone) ran at 60.0 / 79.5 with (128, 8,
 #: 6), 52-56 / 66-76 with 4-5 blocks per SM: polling from the start finds the predecessors unpublished and
 #: sleeps, where polling after the tile's own copy finds them ready (and 160 threads spill at 6 blocks).
-LINEAR_VARIANTS = [dict(THREADS=128, J=8, MINB=6), dict(THREADS=128, J=8, MINB=6, BACKOFF=0),
+#: Session of 2026-11-22 (H100; single call / 10 calls back to back, % of copy at 1 x 2^28). The host path
+#: first: the call spent about 0.1 ms in Python before its launch (np.prod, broadcast copies of contiguous
+#: arrays, a fill kernel for a missing h0, CuPy's argument conversion), which a single call's timing counts
+#: while the GPU idles; with the plan cached, arrays passed through and cuLaunchKernel, 25-40 us (host time
+#: on that machine varies run to run by up to 3x). Then, the look-back's words loaded as the block starts
+#: (EARLY): 78.2 -> 79.9 single (both before the host work). DIAG_NO_WAIT (wrong results, timing only):
+#: never waiting on level 1 94.1-94.7 / 96.4-96.9, on level 2 90.1-90.6 / 92.3-92.5, on the state 83.3-83.9
+#: / 85.5-85.7, on nothing (the default) 83.8 / 85.4-85.7: the wait for earlier tiles is the cost. Windows of
+#: 32 tiles: 83.2-85.3 / 86.3-87.1 against 84.0-84.4 / 86.0-86.2 for 128 (64: 82.2-85.3); 64 threads, 12
+#: blocks per SM: 66.7. A bulk L2 prefetch of the tile 400 / 800 / 1600 tiles ahead (so that DRAM reads go on
+#: while blocks wait, without holding shared memory): 83.8-84.9 / 87.5-88.2 at 400 but 4096 x 65536 fell
+#: from 98.7 to 81.7, and 800 or more fell to 60-62 on both shapes: dropped.
+LINEAR_VARIANTS = [dict(THREADS=128, J=8, MINB=6), dict(THREADS=128, J=8, MINB=6, WINDOW=128),
+                   dict(THREADS=128, J=8, MINB=6, EARLY=0), dict(THREADS=128, J=8, MINB=6, BACKOFF=0),
                    dict(THREADS=128, J=16, MINB=3), dict(THREADS=64, J=16, MINB=6), dict(THREADS=256, J=8, MINB=3),
                    dict(THREADS=512, J=4, MINB=3)]
 

@@ -92,6 +92,49 @@ __device__ __forceinline__ int reduce_scatter(float (&x)[ROWS], int c)
 #ifndef DEC_TC_PROBE
 #define DEC_TC_PROBE 0  // measurement only: 1 makes decode_tc skip the math (pure streaming through its ring)
 #endif
+#ifndef DEC_TC_TRACE
+#define DEC_TC_TRACE 0  // measurement only: 1 records %globaltimer at the stages of decode_tc and decode_merge
+#endif
+
+// Programmatic dependent launch (sm_90): decode_tc lets its merge launch early (launch_dependents), and the
+// merge waits (wait) until decode_tc has finished and its pieces are visible. Both are no-ops in a launch
+// without the attribute (the public call), and below sm_90.
+__device__ __forceinline__ void pdl_launch_dependents()
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_wait()
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+}
+
+#if DEC_TC_TRACE
+// [0, 6144): 8 slots per decode_tc block; [6144, 8192): 4 per decode_merge block (read by the probe script)
+__device__ unsigned long long dec_trace[8192];
+__device__ __forceinline__ unsigned long long gtime()
+{
+    unsigned long long t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    return t;
+}
+#define TRACE_TC(slot, value)                                                                             \
+    do {                                                                                                  \
+        const unsigned lin = blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z);               \
+        if (threadIdx.x == 0 && lin < 768) dec_trace[lin * 8 + (slot)] = (value);                        \
+    } while (0)
+#define TRACE_MERGE(slot, value)                                                                          \
+    do {                                                                                                  \
+        const unsigned lin = blockIdx.x + gridDim.x * blockIdx.y;                                        \
+        if (threadIdx.x == 0 && lin < 512) dec_trace[6144 + lin * 4 + (slot)] = (value);                 \
+    } while (0)
+#else
+#define TRACE_TC(slot, value) do {} while (0)
+#define TRACE_MERGE(slot, value) do {} while (0)
+#endif
 
 __device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool valid)
 {
@@ -401,9 +444,13 @@ __device__ __forceinline__ void decode_split(
 // (cp.async, 16-byte chunk index XOR key mod 8 so that ldmatrix is free of bank conflicts); a warp reads what
 // its own lanes copied, so cp.async.wait_group + __syncwarp order the ring. At the end the warps' (m, l, O)
 // are merged in shared memory (reusing the ring) and the block writes its piece like decode_split; then
-// decode_merge (grid (h_k, b), its own launch) merges the pieces (merge_pieces). DEC_TC_MERGE = 1 merges in
-// the last block instead, as decode_split does: on the H100 that made the whole launch 15-20% slower than
-// the same kernel without the merge (b8 32K 415 vs 362 us), far more than the merge's own work; not explained.
+// decode_merge (grid (h_k, b), its own launch) merges the pieces (merge_group). That launch is programmatic
+// (PDL, from gpu.py): decode_tc calls launch_dependents at its start, so the merge blocks are resident beside
+// it, waiting in griddepcontrol.wait, and start merging as soon as decode_tc's last block ends (H100, b1
+// 32K: 55.8 vs 58.6 us without PDL; the merge waits 0.6 us after the last piece instead of 3.3).
+// DEC_TC_MERGE = 1 merges in the last block instead, as decode_split does: on the H100 that made the whole
+// launch 15-20% slower than the same kernel without the merge (b8 32K 415 vs 362 us), far more than the
+// merge's own work; not explained.
 #ifndef DEC_TC_WARPS
 #define DEC_TC_WARPS 8
 #endif
@@ -411,7 +458,9 @@ __device__ __forceinline__ void decode_split(
 #define DEC_TC_KT 1  // 16-key m-tiles per warp stage
 #endif
 #ifndef DEC_TC_STAGES
-#define DEC_TC_STAGES 3  // stages in each warp's ring (DEC_TC_STAGES - 1 in flight while one is consumed)
+// stages in each warp's ring (DEC_TC_STAGES - 1 in flight while one is consumed). 2 (64 KB in flight per SM)
+// streamed about 1% faster than 3 on the H100 at b8 32K and b1 128K (two runs; math off too), level at b1 32K.
+#define DEC_TC_STAGES 2
 #endif
 #ifndef DEC_TC_MERGE
 #define DEC_TC_MERGE 0  // 1: the last block merges (as decode_split); 0: decode_merge_d* does, launched next
@@ -450,6 +499,22 @@ __device__ __forceinline__ unsigned pack_half2(float lo, float hi)
 {
     __half2 t = __floats2half2_rn(lo, hi);
     return *reinterpret_cast<unsigned*>(&t);
+}
+
+// A merged row's 4 columns at 4 c4: out = o / t as fp16 (0 where no key was seen, t = 0) and, from the thread
+// of the first columns, lse = m + log t (-inf without keys) at lse[at]. Both merges end here.
+template <int D>
+__device__ __forceinline__ void store_merged(__half* __restrict__ out, float* __restrict__ lse, long long orow,
+                                             int c4, float4 o, float t, float m, long long at)
+{
+    if (t > 0.f) {
+        const float inv = 1.f / t;
+        o.x *= inv; o.y *= inv; o.z *= inv; o.w *= inv;
+    }
+    __half2* dst = reinterpret_cast<__half2*>(out + orow * D + 4 * c4);
+    dst[0] = __floats2half2_rn(o.x, o.y);
+    dst[1] = __floats2half2_rn(o.z, o.w);
+    if (c4 == 0) lse[at] = t > 0.f ? m + logf(t) : NEG_INF;
 }
 
 // Merges the pieces of one (batch row bi, kv head kvh) group, rows r < R = s_q * g <= 8, with NW warps:
@@ -525,14 +590,69 @@ __device__ __forceinline__ void merge_pieces(const float* __restrict__ work, __h
                 o.x = fmaf(w, y.x, o.x); o.y = fmaf(w, y.y, o.y);
                 o.z = fmaf(w, y.z, o.z); o.w = fmaf(w, y.w, o.w);
             }
-            const float inv = 1.f / t;
-            o.x *= inv; o.y *= inv; o.z *= inv; o.w *= inv;
         }
-        __half2* dst = reinterpret_cast<__half2*>(out + orow * D + 4 * c4);
-        dst[0] = __floats2half2_rn(o.x, o.y);
-        dst[1] = __floats2half2_rn(o.z, o.w);
-        if (c4 == 0) lse[((long long)bi * h + hh) * s_q + i] = t > 0.f ? m + logf(t) : NEG_INF;
+        store_merged<D>(out, lse, orow, c4, o, t, m, ((long long)bi * h + hh) * s_q + i);
     }
+}
+
+// decode_merge: the pieces of one (batch row bi, kv head kvh) group merged in one pass, for decode_tc's second
+// launch. One thread per (row, 4 columns); it loads the lse and the 4 columns of up to 16 pieces at once (one
+// round trip to L2 instead of a pass for the maximum first), then folds them in online, in piece order
+// (deterministic): m' = max(m, max_s lse_s), t = t e^(m - m') + sum_s e^(lse_s - m'), o likewise; out = o / t,
+// lse = m + log t. With PDL its blocks start while decode_tc runs and wait (pdl_wait) for its pieces.
+template <int D>
+__device__ __forceinline__ void merge_group(const float* __restrict__ work, __half* __restrict__ out,
+                                            float* __restrict__ lse, int b, int s_q, int h, int h_k, int splits,
+                                            int bi, int kvh)
+{
+    constexpr int C4 = D / 4, U = 16;
+    const int g = h / h_k, R = s_q * g;
+    const float* __restrict__ o_part = work;
+    const float* __restrict__ lse_part = work + (long long)splits * b * s_q * h * D;
+    const long long piece = (long long)b * s_q * h;  // rows per piece
+    TRACE_MERGE(0, gtime());
+    pdl_wait();
+    TRACE_MERGE(1, gtime());
+    for (int idx = threadIdx.x; idx < R * C4; idx += blockDim.x) {
+        const int r = idx / C4, c4 = idx % C4;
+        const int i = r / g, hh = kvh * g + r % g;
+        const long long orow = ((long long)bi * s_q + i) * h + hh;
+        const float* lp = lse_part + orow;
+        const float* src = o_part + orow * D + 4 * c4;
+        float m = NEG_INF, t = 0.f;
+        float4 o = make_float4(0.f, 0.f, 0.f, 0.f);
+        for (int s0 = 0; s0 < splits; s0 += U) {
+            float x[U];
+            float4 y[U];
+#pragma unroll
+            for (int u = 0; u < U; ++u) {
+                const bool ok = s0 + u < splits;
+                x[u] = ok ? __ldcg(lp + (s0 + u) * piece) : NEG_INF;
+                y[u] = ok ? __ldcg(reinterpret_cast<const float4*>(src + (s0 + u) * piece * D))
+                          : make_float4(0.f, 0.f, 0.f, 0.f);
+            }
+            float mn = m;
+#pragma unroll
+            for (int u = 0; u < U; ++u) mn = fmaxf(mn, x[u]);
+            if (mn == NEG_INF) continue;  // no key in any piece so far
+            const float a = expf(m - mn);  // 0 while m is -inf
+            t *= a;
+            o.x *= a; o.y *= a; o.z *= a; o.w *= a;
+#pragma unroll
+            for (int u = 0; u < U; ++u) {
+                const float w = expf(x[u] - mn);  // 0 for an empty piece
+                t += w;
+                o.x = fmaf(w, y[u].x, o.x); o.y = fmaf(w, y[u].y, o.y);
+                o.z = fmaf(w, y[u].z, o.z); o.w = fmaf(w, y[u].w, o.w);
+            }
+            m = mn;
+        }
+        store_merged<D>(out, lse, orow, c4, o, t, m, ((long long)bi * h + hh) * s_q + i);
+    }
+#if DEC_TC_TRACE
+    __syncthreads();
+    TRACE_MERGE(2, gtime());
+#endif
 }
 
 template <int D>
@@ -557,6 +677,16 @@ __device__ __forceinline__ void decode_tc_body(
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, gid = lane >> 2, tig = lane & 3;
     const int g = h / h_k, R = s_q * g;
     const int split = blockIdx.x, kvh = blockIdx.y, bi = blockIdx.z;
+#if DEC_TC_TRACE
+    TRACE_TC(0, gtime());
+    {
+        unsigned smid;
+        asm volatile("mov.u32 %0, %%smid;" : "=r"(smid));
+        TRACE_TC(5, smid);
+    }
+#endif
+    // the merge launch (PDL) may start now: its blocks fit beside this one and wait for this grid to end
+    pdl_launch_dependents();
     const int L = kv_len[bi];
     // keys visible to row r (causal: bottom-right); the last row sees all L, so the block reads up to L
     auto limit_of = [&](int r) {
@@ -615,6 +745,9 @@ __device__ __forceinline__ void decode_tc_body(
     for (int t = 0; t < mine; ++t) {
         cp_async_wait<NS - 2>();  // this lane's pieces of tile t have landed
         __syncwarp();             // ... and every lane's; every lane is also done with tile t - 1's stage
+#if DEC_TC_TRACE
+        if (t == 0) TRACE_TC(1, gtime());
+#endif
         issue(t + NS - 1);
 #if DEC_TC_PROBE != 1
         const int lr = lane & 7, lm = lane >> 3;  // ldmatrix: this lane gives row lr of matrix lm
@@ -691,12 +824,18 @@ __device__ __forceinline__ void decode_tc_body(
 #endif
     }
     cp_async_wait<0>();
+#if DEC_TC_TRACE
+    TRACE_TC(2, gtime());
+#endif
 #pragma unroll
     for (int off = 4; off < 32; off <<= 1) {
         l0 += __shfl_xor_sync(0xffffffffu, l0, off);
         l1 += __shfl_xor_sync(0xffffffffu, l1, off);
     }
     __syncthreads();  // every warp is done with its ring: reuse it for the warps' partial results
+#if DEC_TC_TRACE
+    TRACE_TC(3, gtime());
+#endif
 
     // the warps' (m, l, O) -> the block's piece: O = sum_w 2^(m_w - M) O_w / sum_w 2^(m_w - M) l_w
     float* red_o = reinterpret_cast<float*>(ring);  // [NW][8][D]
@@ -739,6 +878,10 @@ __device__ __forceinline__ void decode_tc_body(
         o_part[orow * D + col] = l > 0.f ? o / l : 0.f;
         if (col == 0) lse_part[orow] = l > 0.f ? (M + log2f(l)) * 0.6931471805599453f : NEG_INF;
     }
+#if DEC_TC_TRACE
+    __syncthreads();
+    TRACE_TC(4, gtime());
+#endif
 
 #if DEC_TC_MERGE
     // the last block of this (batch row, kv head) merges the pieces
@@ -771,7 +914,7 @@ __device__ __forceinline__ void decode_tc_body(
     __global__ void __launch_bounds__(128) decode_merge_d##D(const float* work, __half* out, float* lse, int b, \
                                                              int s_q, int h, int h_k, int splits)           \
     {                                                                                                         \
-        merge_pieces<D, 4>(work, out, lse, b, s_q, h, h_k, splits, blockIdx.y, blockIdx.x);                  \
+        merge_group<D>(work, out, lse, b, s_q, h, h_k, splits, blockIdx.y, blockIdx.x);                       \
     }
 extern "C" {
 DECODE(f16, __half, 64, 1) DECODE(f16, __half, 64, 2) DECODE(f16, __half, 64, 4) DECODE(f16, __half, 64, 8)

@@ -5,13 +5,18 @@ be NumPy or CuPy arrays; float16 inputs compute in float16 with float32 accumula
 anything else computes in float32 and returns float32; lse is float32. Head dimension d: 64 or 128.
 
 Kernels (one grid/block comment at the top of each file):
+    flash_fwd_sm90.cu  prefill on Hopper: FlashAttention-3-style warpgroup MMA (wgmma, sm_90a; compiled by
+                     NVRTC for sm_90a here, see _sm90_module), two warpgroups of 64 query rows, K and V from
+                     swizzled shared memory, P from registers; used for float16 with s_q > 16, d in {64, 128},
+                     on devices of compute capability 9.0.
     flash_fwd.cu     prefill: FlashAttention-2-style tiles on tensor cores (mma.sync m16n8k16, fp16 in,
-                     fp32 accumulate), online softmax in registers; used for float16 with s_q > 16.
+                     fp32 accumulate), online softmax in registers; used for float16 with s_q > 16 elsewhere.
     flash_decode.cu  split-K (flash-decoding): several blocks per (batch row, kv head), each over a piece
                      of the keys, pieces merged by log-sum-exp in a fixed order (deterministic); used for
                      decode (s_q <= 16), for float32, and whenever ``num_splits`` is given.
                      decode_tc (float16, s_q * h / h_k <= 8 rows per group: GQA decode): tensor cores,
-                     each warp on its own keys, the merge a second small launch; decode_split (the rest):
+                     each warp on its own keys, the merge a second small launch that starts early (PDL) and
+                     waits for the pieces; gpu.plan replays both as a CUDA graph; decode_split (the rest):
                      CUDA cores, the last block of each group merges (one launch).
 Both read per-row key counts (``cache_seqlens`` + s_new), share one GQA index (query head hh reads kv head
 hh // (h // h_k)), align the causal mask bottom-right, and index global memory with 64-bit offsets.
@@ -36,6 +41,7 @@ __all__ = ["attention", "attention_with_kvcache", "plan"]
 
 _HERE = pathlib.Path(__file__).parent
 _FWD = _HERE / "flash_fwd.cu"
+_FWD90 = _HERE / "flash_fwd_sm90.cu"
 _DEC = _HERE / "flash_decode.cu"
 _HEAD_DIMS = (64, 128)
 _LOG2E = 1.4426950408889634
@@ -47,18 +53,33 @@ _LOG2E = 1.4426950408889634
 # wave of resident blocks (3 here: shared memory) when there are many groups (b8: 64 groups), but
 # DEC_FEW_GROUPS_PER_SM (2) when groups < SMs / 4 (b1): fewer, longer pieces were faster there (measured on
 # the H100: b1 32K 74 us at 2 vs 79 at 3). decode_tc always takes one wave of resident blocks (1 a SM with
-# its 192 KB ring: 16 pieces at b1, 2 at b8; measured on the H100, two waves of smaller blocks were slower).
+# its 128 KB ring: 16 pieces at b1, 2 at b8; measured on the H100, two waves of smaller blocks were slower).
 # DEC_BLOCKS_PER_SM > 0 forces that many blocks per SM.
 # REFIMPL_ATTENTION_CONFIG (a JSON object of these names) overrides them, for tuning.
 FWD_CONFIG = {"FWD_WARPS": 8, "FWD_BN": 64, "FWD_MINB": 1, "FWD_QREG": 1, "FWD_FASTEXP": 0, "FWD_DBUF": 0}
 DEC_CONFIG = {"DEC_UNROLL": 4, "DEC_STAGES": 4, "DEC_BLOCKS_PER_SM": 0, "DEC_FEW_GROUPS_PER_SM": 2,
-              "DEC_TC": 1, "DEC_TC_WARPS": 8, "DEC_TC_KT": 1, "DEC_TC_STAGES": 3, "DEC_TC_MERGE": 0}
+              "DEC_TC": 1, "DEC_TC_WARPS": 8, "DEC_TC_KT": 1, "DEC_TC_STAGES": 2, "DEC_TC_MERGE": 0,
+              "DEC_PDL": 1}
 # not compile-time macros: the split rule, and DEC_TC (1: float16 groups of <= 8 rows take decode_tc).
 # DEC_TC_MERGE 0: decode_tc's pieces are merged by a second launch; the fused last-block merge (1) made the
 # whole decode 15-20% slower on the H100 (b8 32K 415 vs 362 us with the merge skipped; cause not found).
-_DEC_SPLIT_KEYS = ("DEC_BLOCKS_PER_SM", "DEC_FEW_GROUPS_PER_SM", "DEC_TC")
+# DEC_PDL 1: decode_merge is launched with programmatic dependent launch (cuLaunchKernelEx), so that its blocks
+# are resident and waiting when decode_tc ends, instead of a kernel boundary and a launch (H100: b1 32K 55.8 vs
+# 58.6 us, measured in one process).
+_DEC_SPLIT_KEYS = ("DEC_BLOCKS_PER_SM", "DEC_FEW_GROUPS_PER_SM", "DEC_TC", "DEC_PDL")
 for _k, _v in json.loads(os.environ.get("REFIMPL_ATTENTION_CONFIG", "{}")).items():
     (FWD_CONFIG if _k.startswith("FWD_") else DEC_CONFIG)[_k] = int(_v)
+# flash_fwd_sm90.cu's macros (F90_ON 0 turns it off: the flash_fwd.cu path), set like the others through
+# REFIMPL_ATTENTION_CONFIG. F90_STAGES: K/V tiles in flight; F90_SYNC, F90_LATELOAD, F90_PINGPONG: see the .cu
+# file (the defaults were the fastest of the variants measured there, on the H100); F90_ORDER: block order,
+# -1 = by size (_F90_HEAD_FIRST_BYTES).
+F90_CONFIG = {"F90_ON": 1, "F90_STAGES": 2, "F90_ORDER": -1, "F90_SYNC": 1, "F90_LATELOAD": 0, "F90_PINGPONG": 0}
+# F90_ORDER -1: head fastest (the heaviest query blocks of every head first: better balanced) while K and V are
+# at most about the L2 size, else query block fastest (the blocks of one head share its K and V in L2). On the
+# H100, b1 h32 d128: L 4096 (64 MiB of K and V) 450 vs 422 TFLOP/s head first; L 16384 490 vs 394 the other way.
+_F90_HEAD_FIRST_BYTES = 64 << 20
+for _k in [k for k in DEC_CONFIG if k.startswith("F90_")]:  # the loop above filed them with the decode macros
+    F90_CONFIG[_k] = DEC_CONFIG.pop(_k)
 _SMEM_SET = {}
 
 
@@ -75,6 +96,71 @@ def _kernel(path, name, config, smem):
                                             smem)
         _SMEM_SET[key] = smem
     return fn
+
+
+def _sm90_cubin(options):
+    """flash_fwd_sm90.cu compiled by NVRTC for sm_90a: the cubin (bytes).
+
+    CuPy's RawModule (refimpl._gpu.module) asks NVRTC for the plain sm_90 target, which has no wgmma; so this one
+    file is compiled here. It includes no header, so NVRTC needs no include path."""
+    from cupy_backends.cuda.libs import nvrtc
+
+    prog = nvrtc.createProgram(_FWD90.read_text(), _FWD90.name, (), ())
+    try:
+        try:
+            # -default-device: NVRTC takes the kernel's generic lambda for host code without it
+            nvrtc.compileProgram(prog, ("--gpu-architecture=sm_90a", "-std=c++17", "-default-device")
+                                 + tuple(options))
+        except nvrtc.NVRTCError as exc:
+            raise RuntimeError(f"NVRTC {nvrtc.getVersion()} could not compile {_FWD90.name} for sm_90a: {exc}\n"
+                               f"{nvrtc.getProgramLog(prog)}") from exc
+        cubin = nvrtc.getCUBIN(prog)
+    finally:
+        nvrtc.destroyProgram(prog)
+    # CuPy's getCUBIN drops the last byte (as if it were a string's NUL): the cubins it returned on the H100 ended
+    # one byte short of their ELF program header table, whose last byte is a 0. The driver loads them anyway
+    # (nvdisasm does not); put the byte back where the length falls one short of the headers' end.
+    u = lambda a, b: int.from_bytes(cubin[a:b], "little")  # noqa: E731 (ELF64 header fields)
+    end = max(u(0x28, 0x30) + u(0x3A, 0x3C) * u(0x3C, 0x3E), u(0x20, 0x28) + u(0x36, 0x38) * u(0x38, 0x3A))
+    return cubin + b"\0" if len(cubin) == end - 1 else cubin
+
+
+@functools.lru_cache(maxsize=None)
+def _sm90_module(options, device_id):
+    """The module of ``_sm90_cubin(options)``, loaded once per process and device (a module belongs to the
+    context it was loaded in: ``cupy.cuda.function.Module``)."""
+    mod = cp.cuda.function.Module()
+    mod.load(_sm90_cubin(options))
+    return mod
+
+
+@functools.lru_cache(maxsize=None)
+def _sm90_on(device_id):
+    """Whether flash_fwd_sm90.cu can run here: a device of compute capability 9.0 (sm_90a code runs on no other)."""
+    return cp.cuda.Device(device_id).compute_capability == "90"
+
+
+def _sm90_launch(q, k, v, out, lse, kv_len, s_q, h, h_k, kv_batch_stride, scale_log2, causal):
+    """``launch()`` of flash_fwd_sm90.cu, or None where it does not apply (d, device, F90_ON)."""
+    b, d = q.shape[0], q.shape[3]
+    cfg = dict(F90_CONFIG)
+    if not cfg.pop("F90_ON") or d not in (64, 128) or scale_log2 <= 0 or not _sm90_on(cp.cuda.Device().id):
+        return None  # (scale > 0: the kernel takes the row maximum of the unscaled scores)
+    stages = cfg["F90_STAGES"]
+    smem = 128 * d * 2 + 2 * stages * (128 * d * 2 + 8) + 1024  # Q, K and V rings, mbarriers, 1 KB to align
+    if cfg["F90_ORDER"] < 0:
+        cfg["F90_ORDER"] = int(2 * k.nbytes <= _F90_HEAD_FIRST_BYTES)
+    options = tuple(f"-D{name}={val}" for name, val in sorted(cfg.items()))
+    fn = _sm90_module(options, cp.cuda.Device().id).get_function(f"flash_fwd_sm90_d{d}")
+    key = (str(_FWD90), fn.ptr)
+    if _SMEM_SET.get(key, 0) < smem:
+        cp.cuda.driver.funcSetAttribute(fn.ptr, cp.cuda.driver.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem)
+        _SMEM_SET[key] = smem
+    nmb = -(-s_q // 128)
+    grid = (h, nmb, b) if cfg["F90_ORDER"] else (nmb, h, b)
+    args = (q, k, v, out, lse, kv_len, np.int32(s_q), np.int32(h), np.int32(h_k), kv_batch_stride, scale_log2,
+            np.int32(bool(causal)))
+    return lambda: fn(grid, (256,), args, shared_mem=smem)
 
 
 def _contiguous(a, dtype):
@@ -122,6 +208,9 @@ def _launcher(q, k, v, kv_len, max_len, causal, scale, num_splits):
     kv_batch_stride = np.int64(s_cache * h_k * d)
     scale_log2 = np.float32(scale * _LOG2E)
     if dtype == cp.float16 and s_q > 16 and not num_splits:
+        launch = _sm90_launch(q, k, v, out, lse, kv_len, s_q, h, h_k, kv_batch_stride, scale_log2, causal)
+        if launch is not None:
+            return launch, out, lse
         cfg = dict(FWD_CONFIG)
         bm, bn, threads = 16 * cfg["FWD_WARPS"], cfg["FWD_BN"], 32 * cfg["FWD_WARPS"]
         smem = (bm + (4 if cfg["FWD_DBUF"] else 2) * bn) * d * 2
@@ -135,24 +224,104 @@ def _launcher(q, k, v, kv_len, max_len, causal, scale, num_splits):
     work, counters = _scratch(splits * b * s_q * h * (d + 1), grid[1] * grid[2])
     args = (q, k, v, work, out, lse, counters, kv_len, np.int32(b), np.int32(s_q), np.int32(h), np.int32(h_k),
             kv_batch_stride, np.int32(chunk), scale_log2, np.int32(bool(causal)))
-    steps = [(fn, grid, threads, ring, args)]
+    # steps: (kernel, grid, threads, dynamic shared bytes, args, launched with PDL)
+    steps = [(fn, grid, threads, ring, args, False)]
     if merge is not None:  # decode_tc's pieces merged by a second launch (decode_merge_d*)
         steps.append((merge, (h_k, b, 1), 128, 0, (work, out, lse, np.int32(b), np.int32(s_q), np.int32(h),
-                                                  np.int32(h_k), np.int32(splits))))
+                                                  np.int32(h_k), np.int32(splits)), bool(DEC_CONFIG["DEC_PDL"])))
 
     def launch():
-        for f, gr, th, sm, ar in steps:
-            f(gr, (th,), ar, shared_mem=sm)
+        for f, gr, th, sm, ar, pdl in steps:
+            if not (pdl and _launch_pdl(f, gr, th, sm, ar)):
+                f(gr, (th,), ar, shared_mem=sm)
     launch.steps = steps  # for plan: _packed_launch(steps)
     return launch, out, lse
 
 
+def _pack(args):
+    """The kernel parameter block of ``args`` (ctypes): (pointer array, the values it points to), or None where
+    an argument type is not one the kernels take."""
+    import ctypes
+
+    vals = []
+    for a in args:
+        if isinstance(a, cp.ndarray):
+            vals.append(ctypes.c_void_p(a.data.ptr))
+        elif isinstance(a, np.int32):
+            vals.append(ctypes.c_int32(int(a)))
+        elif isinstance(a, np.int64):
+            vals.append(ctypes.c_int64(int(a)))
+        elif isinstance(a, np.float32):
+            vals.append(ctypes.c_float(float(a)))
+        else:
+            return None
+    return (ctypes.c_void_p * len(vals))(*(ctypes.addressof(x) for x in vals)), vals
+
+
+@functools.lru_cache(maxsize=None)
+def _launch_ex():
+    """libcuda's cuLaunchKernelEx through ctypes, with the structures it takes: (function, CUlaunchConfig type,
+    the one attribute CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION = 1), or None (no PDL then)."""
+    import ctypes
+
+    try:
+        fn = ctypes.CDLL("libcuda.so.1").cuLaunchKernelEx
+    except (OSError, AttributeError):
+        return None
+
+    class Attr(ctypes.Structure):  # CUlaunchAttribute: id, 4 bytes of padding, a 64-byte value union
+        _fields_ = [("id", ctypes.c_int), ("pad", ctypes.c_char * 4), ("value", ctypes.c_char * 64)]
+
+    class Config(ctypes.Structure):  # CUlaunchConfig
+        _fields_ = [("grid", ctypes.c_uint * 3), ("block", ctypes.c_uint * 3), ("smem", ctypes.c_uint),
+                    ("stream", ctypes.c_void_p), ("attrs", ctypes.POINTER(Attr)), ("num_attrs", ctypes.c_uint)]
+
+    fn.argtypes = [ctypes.POINTER(Config), ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
+    fn.restype = ctypes.c_int
+    attr = Attr(6, b"", (1).to_bytes(4, "little"))  # 6: PROGRAMMATIC_STREAM_SERIALIZATION, allowed = 1
+    return fn, Config, attr
+
+
+def _pdl_call(ptr, grid, threads, smem, params, keep):
+    """A launch of kernel handle ``ptr`` that may begin before the previous launch in the stream ends (PDL): the
+    kernel itself waits (griddepcontrol.wait) before it reads that launch's results. None where the driver
+    lacks cuLaunchKernelEx."""
+    import ctypes
+
+    ex = _launch_ex()
+    if ex is None:
+        return None
+    fn, Config, attr = ex
+    cfg = Config((ctypes.c_uint * 3)(*grid), (ctypes.c_uint * 3)(threads, 1, 1), smem, None,
+                 ctypes.pointer(attr), 1)
+    keep.append(cfg)
+    stream = cp.cuda.get_current_stream
+
+    def call():
+        cfg.stream = stream().ptr
+        rc = fn(ctypes.byref(cfg), ptr, ctypes.addressof(params), None)
+        if rc:
+            raise RuntimeError(f"cuLaunchKernelEx failed with CUresult {rc}")
+    return call
+
+
+def _launch_pdl(fn, grid, threads, smem, args):
+    """Launch ``fn`` with PDL now (the public call's merge step); False where that is not possible."""
+    packed = _pack(args)
+    call = None if packed is None else _pdl_call(int(getattr(fn, "kernel", fn).ptr), grid, threads, smem,
+                                                 packed[0], [packed])
+    if call is None:
+        return False
+    call()
+    return True
+
+
 def _packed_launch(steps):
-    """``launch()`` of the kernels ``steps`` = [(kernel, grid, threads, dynamic shared bytes, args)], with fixed
-    arguments, through cuLaunchKernel with each parameter block packed once (ctypes); None where a handle or an
-    argument type is not the expected one. CuPy's own call converts every argument on every launch (about
-    5 us of host time on the H100 machine, measured, which CUDA-event timings of one decode step include
-    while the GPU waits for the launch)."""
+    """``launch()`` of the kernels ``steps`` = [(kernel, grid, threads, dynamic shared bytes, args, pdl)], with
+    fixed arguments, through cuLaunchKernel (cuLaunchKernelEx with PDL where ``pdl``) with each parameter block
+    packed once (ctypes); None where a handle or an argument type is not the expected one. CuPy's own call
+    converts every argument on every launch (about 5 us of host time on the H100 machine, measured, which
+    CUDA-event timings of one decode step include while the GPU waits for the launch)."""
     import ctypes
 
     try:
@@ -160,31 +329,51 @@ def _packed_launch(steps):
         ptrs = [int(getattr(fn, "kernel", fn).ptr) for fn, *_ in steps]
     except Exception:
         return None
-    packed, keep = [], []
-    for ptr, (_, grid, threads, smem, args) in zip(ptrs, steps):
-        vals = []
-        for a in args:
-            if isinstance(a, cp.ndarray):
-                vals.append(ctypes.c_void_p(a.data.ptr))
-            elif isinstance(a, np.int32):
-                vals.append(ctypes.c_int32(int(a)))
-            elif isinstance(a, np.int64):
-                vals.append(ctypes.c_int64(int(a)))
-            elif isinstance(a, np.float32):
-                vals.append(ctypes.c_float(float(a)))
-            else:
-                return None
-        params = (ctypes.c_void_p * len(vals))(*(ctypes.addressof(x) for x in vals))
-        packed.append((ptr, *grid, threads, 1, 1, smem, ctypes.addressof(params)))
-        keep.append((vals, params, args))
+    calls, keep = [], []
     stream = cp.cuda.get_current_stream
+    for ptr, (_, grid, threads, smem, args, pdl) in zip(ptrs, steps):
+        packed = _pack(args)
+        if packed is None:
+            return None
+        params, vals = packed
+        keep.append((vals, params, args))
+        call = _pdl_call(ptr, grid, threads, smem, params, keep) if pdl else None
+        if call is None:
+            where = ctypes.addressof(params)
+            call = (lambda p=ptr, g=grid, t=threads, m=smem, w=where:
+                    launch_kernel(p, *g, t, 1, 1, m, stream().ptr, w, 0))
+        calls.append(call)
 
     def launch():
-        s = stream().ptr
-        for ptr, gx, gy, gz, tx, ty, tz, smem, where in packed:
-            launch_kernel(ptr, gx, gy, gz, tx, ty, tz, smem, s, where, 0)
+        for call in calls:
+            call()
     launch.keep = keep  # the packed values and the arrays they point to live as long as launch
     return launch
+
+
+def _graph_launch(launch):
+    """``launch()`` captured once into a CUDA graph (on a private stream) and replayed on the current stream:
+    one submission for both kernels, with the PDL edge between them kept. On the H100 machine a call costs 1.7
+    us of host time instead of 10.7, and the GPU waits that much less for it (b1 32K 53.2 vs 55.2 us, one
+    process). None where capture fails (the caller keeps the plain launches)."""
+    try:
+        s = cp.cuda.Stream(non_blocking=True)
+        with s:
+            launch()
+            s.synchronize()
+            s.begin_capture()
+            try:
+                launch()
+            finally:
+                graph = s.end_capture()
+        s.synchronize()
+    except Exception:
+        return None
+
+    def replay():
+        graph.launch()
+    replay.keep = (launch, graph, s)  # the packed arguments and the arrays live as long as the graph
+    return replay
 
 
 def _resident_blocks(fn, smem, threads=128):
@@ -221,6 +410,10 @@ def _decode_config(tname, b, s_q, h, h_k, d, max_len, num_splits, config):
         fn = _kernel(_DEC, f"decode_tc_d{d}", cfg, ring)
         if not cfg["DEC_TC_MERGE"]:
             merge = _kernel(_DEC, f"decode_merge_d{d}", cfg, 0)
+            try:  # the shared-memory carveout of decode_tc (all of it), so its blocks can join decode_tc's SMs
+                cp.cuda.driver.funcSetAttribute(merge.ptr, 9, 100)  # 9: PREFERRED_SHARED_MEMORY_CARVEOUT
+            except Exception:
+                pass
     else:
         rows = next(r for r in (1, 2, 4, 8) if r >= min(R, 8))
         nrb = -(-R // rows)
@@ -273,9 +466,9 @@ def _run(q, k, v, kv_len, max_len, causal, scale, num_splits):
 def plan(q, k, v, *, causal=False, softmax_scale=None, cache_seqlens=None, num_splits=0):
     """Check the arguments once; return a function that launches the kernels and returns ``out``.
 
-    For benchmarks: the launches alone, without the host-side checks of each call. k, v are the keys and
-    values (``cache_seqlens`` None) or caches read up to ``cache_seqlens`` (nothing is appended). The
-    function writes the same output array on every call.
+    For benchmarks: the launches alone, without the host-side checks of each call (decode: packed once and
+    captured into a CUDA graph). k, v are the keys and values (``cache_seqlens`` None) or caches read up to
+    ``cache_seqlens`` (nothing is appended). The function writes the same output array on every call.
     """
     q, k, v = (_gpu.device_array(n, a, complex_ok=False) for n, a in (("q", q), ("k", k), ("v", v)))
     b, s_q, h, d, s_k, h_k = attention_shape(q.shape, k.shape, v.shape)
@@ -286,8 +479,9 @@ def plan(q, k, v, *, causal=False, softmax_scale=None, cache_seqlens=None, num_s
     kv_len = _kv_len(tuple(int(x) for x in lengths))
     launch, out, _ = _launcher(q, k, v, kv_len, int(lengths.max()) if b else 0, causal,
                                scale_of(softmax_scale, d), _num_splits(num_splits))
-    if hasattr(launch, "steps"):  # decode: the parameter blocks packed once
+    if hasattr(launch, "steps"):  # decode: the parameter blocks packed once, the launches replayed as a graph
         launch = _packed_launch(launch.steps) or launch
+        launch = _graph_launch(launch) or launch
 
     def run():
         launch()

@@ -21,6 +21,8 @@ Glossary as in ``refimpl.scan``: a, b, h (..., L), h0 (...); u, delta, z (b, d, 
 
 from __future__ import annotations
 
+import functools
+import math
 import pathlib
 
 import numpy as np
@@ -57,31 +59,45 @@ def linear_scan(a, b, h0=None, *, check_finite=True):
     cplx = any(x is not None and x.dtype.kind == "c" for x in (a, b, h0))
     dtype = cp.complex64 if cplx else cp.float32
     L = shape[-1]
-    S = int(np.prod(shape[:-1], dtype=np.int64))
-    # broadcast_to + ascontiguousarray copies only when an argument is really broadcast
-    a2 = cp.ascontiguousarray(cp.broadcast_to(a, shape), dtype=dtype).reshape(S, L)
-    b2 = cp.ascontiguousarray(cp.broadcast_to(b, shape), dtype=dtype).reshape(S, L)
-    h02 = (cp.zeros(S, dtype=dtype) if h0 is None
-           else cp.ascontiguousarray(cp.broadcast_to(h0, shape[:-1]), dtype=dtype).reshape(S))
-    h = cp.empty((S, L), dtype=dtype)
+    S = math.prod(shape[:-1])
+    a2, b2 = _rows(a, shape, dtype), _rows(b, shape, dtype)
+    # no h0: a null pointer, and the kernel starts from 0 (no fill kernel to launch)
+    h02 = None if h0 is None else _rows(h0, shape[:-1], dtype)
+    h = cp.empty(shape, dtype=dtype)
     if S:
         _launch_linear(a2, b2, h02, h, S, L, cplx)
-    return h.reshape(shape)
+    return h
 
 
-#: compile-time shape of linear_scan.cu: THREADS per block (and tiles per look-back window), J 16-byte copies
-#: of a (and of b) per thread (tiles of 4096 floats, 32 KB of shared memory), MINB blocks per SM asked of the
-#: compiler (__launch_bounds__), BACKOFF 1: sleep between polls of the look-back. (128, 8, 6) measured
-#: fastest on an H100 among the variants in benchmarks/cases/scan.py:variants().
-LINEAR_CONFIG = {"THREADS": 128, "J": 8, "MINB": 6, "BACKOFF": 1}
+def _rows(x, shape, dtype):
+    """``x`` broadcast to ``shape`` as a C-contiguous array of ``dtype``: ``x`` itself when it already is one
+    (the common case, checked first: each CuPy call costs microseconds of host time that a single launch
+    waits for), else a copy."""
+    if x.shape == shape and x.dtype == dtype and x.flags.c_contiguous:
+        return x
+    return cp.ascontiguousarray(cp.broadcast_to(x, shape), dtype=dtype)
 
 
-def _launch_linear(a, b, h0, h, S, L, cplx):
-    cfg = dict(LINEAR_CONFIG)
+#: compile-time shape of linear_scan.cu: THREADS per block, J 16-byte copies of a (and of b) per thread (tiles
+#: of 4096 floats, 32 KB of shared memory), MINB blocks per SM asked of the compiler (__launch_bounds__),
+#: BACKOFF 1: sleep between polls of the look-back, WINDOW tiles per look-back window (<= THREADS). (128, 8, 6)
+#: with windows of 32 measured fastest on an H100 among the variants in benchmarks/cases/scan.py:variants().
+LINEAR_CONFIG = {"THREADS": 128, "J": 8, "MINB": 6, "BACKOFF": 1, "WINDOW": 32}
+
+
+@functools.lru_cache(maxsize=256)
+def _linear_plan(S, L, cplx, aligned, config, device_id):
+    """What a launch of linear_scan.cu needs for one shape, worked out once: (kernel, grid, threads, shared
+    memory bytes, the four 64-bit sizes, the word counts of the look-back's three arrays). Host time counts
+    here: a call's single-launch timing sees the GPU idle until the launch (about 0.1 ms of Python before
+    this cache and the launch through ``_gpu.launch_words``; 25-40 us after, on the H100 machine)."""
+    cfg = dict(config)
     threads, J = cfg["THREADS"], cfg["J"]
     per = 2 if cplx else 4  # elements per 16-byte load
     tile = threads * J * per
-    W = threads  # tiles per window, windows per super-window
+    W = cfg.get("WINDOW", threads)  # tiles per window, windows per super-window
+    if not 1 <= W <= threads:
+        raise ValueError(f"LINEAR_CONFIG: WINDOW must lie in [1, THREADS = {threads}], got {W}")
     tiles = -(-L // tile)
     windows = -(-tiles // W)
     supers = -(-windows // W)
@@ -89,19 +105,27 @@ def _launch_linear(a, b, h0, h, S, L, cplx):
     if ntiles >= 2**31:
         raise ValueError(f"a: {S} x {L} elements make {ntiles} tiles, more than one launch takes (2^31 - 1)")
     pw = 2 if cplx else 1  # 8-byte words per published (A, B) pair
-    nt, nw, nx = ntiles * pw, S * windows * pw, S * supers
+    counts = (ntiles * pw, S * windows * pw, S * supers)
+    name = f"linear_scan_{'c64' if cplx else 'f32'}{'_vec' if aligned else ''}"
+    fn = _gpu.kernel(_HERE / "linear_scan.cu", name, options=tuple(f"-D{k}={int(v)}" for k, v in config))
+    smem = 2 * tile * (8 if cplx else 4)  # a and b of one tile
+    _smem_attributes(fn, smem + 1024)  # + the kernel's static shared memory (< 1 KB): it counts against 48 KB too
+    return fn, ntiles, threads, smem, (L, tiles, windows, supers), counts
+
+
+def _launch_linear(a, b, h0, h, S, L, cplx):
+    ptr = [x.data.ptr for x in (a, b, h)]
+    aligned = L % (2 if cplx else 4) == 0 and all(p % 16 == 0 for p in ptr)
+    fn, grid, block, smem, sizes, (nt, nw, nx) = _linear_plan(S, L, cplx, aligned,
+                                                              tuple(sorted(LINEAR_CONFIG.items())),
+                                                              cp.cuda.Device().id)
     # the look-back's published words (tile pairs, window pairs, super-window states), all 0xFF bytes: "not
     # yet written" to the kernel
     words = cp.empty(nt + nw + nx, dtype=cp.uint64)
-    cp.cuda.runtime.memsetAsync(words.data.ptr, 0xFF, words.nbytes, cp.cuda.get_current_stream().ptr)
-    aligned = L % per == 0 and all(x.data.ptr % 16 == 0 for x in (a, b, h))
-    args = (a, b, h0, h, np.int64(L), np.int64(tiles), np.int64(windows), np.int64(supers),
-            words[:nt], words[nt:nt + nw], words[nt + nw:])
-    name = f"linear_scan_{'c64' if cplx else 'f32'}{'_vec' if aligned else ''}"
-    fn = _gpu.kernel(_HERE / "linear_scan.cu", name, options=tuple(f"-D{k}={int(v)}" for k, v in sorted(cfg.items())))
-    smem = 2 * tile * h.dtype.itemsize  # a and b of one tile
-    _smem_attributes(fn, smem + 1024)  # + the kernel's static shared memory (< 1 KB): it counts against 48 KB too
-    fn((ntiles,), (threads,), args, shared_mem=smem)
+    w = words.data.ptr
+    cp.cuda.runtime.memsetAsync(w, 0xFF, words.nbytes, cp.cuda.get_current_stream().ptr)
+    _gpu.launch_words(fn, grid, block, (ptr[0], ptr[1], 0 if h0 is None else h0.data.ptr, ptr[2], *sizes, w,
+                                        w + 8 * nt, w + 8 * (nt + nw)), shared_mem=smem)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -121,22 +145,26 @@ SELECTIVE_OPTIONS = ()
 QUAD_MAX_CHANNELS = 64
 #: compile-time shape of the quad kernel: blocks of 16*QV steps (QV 16-byte vectors of u per lane), QPF blocks
 #: of u, delta, z copied ahead (a ring of QPF + 1 per thread in shared memory), QST steps per B/C tile (a
-#: multiple of 16*QV). H100, b2 d4096 L4096 N16, kernel alone (20 back-to-back calls): QV 1 with QPF 2 / 4 / 8:
-#: 0.343 / 0.313 / 0.314 ms (QST 128: 0.309); in a later run QV 1 QPF 8: 0.311, QV 2 QPF 4: 0.370 (QST 128: 0.339)
-QUAD_CONFIG = {"QV": 1, "QPF": 8, "QST": 64}
+#: multiple of 16*QV), QL lanes per channel (4, or 2 with 8 states each), QC channels per thread (1, or 2 sharing
+#: each B, C read; variable B and C only). H100, b2 d4096 L4096 N16, kernel alone (20 back-to-back calls): QV 1
+#: with QPF 2 / 4 / 8: 0.343 / 0.313 / 0.314 ms (QST 128: 0.309); in a later run QV 1 QPF 8: 0.311, QV 2 QPF 4:
+#: 0.370 (QST 128: 0.339). After the straight-line element-wise rewrite (one run, single call / kernel alone):
+#: QST 64 0.298 / 0.282, QST 128 0.296 / 0.279; QL 2: 0.374 / 0.356; QC 2: 0.336 / 0.324 (QST 128 0.326,
+#: QPF 4 0.330, QPF 12 0.357); the previous kernel 0.349 / 0.315 in the same run
+QUAD_CONFIG = {"QV": 1, "QPF": 8, "QST": 128, "QL": 4, "QC": 1}
 
 
 def _quad_smem(threads, cpb, bvar, cvar, cfg):
     """Bytes of dynamic shared memory of the quad kernel: the ring, the B/C tile buffers, dt and dt*u."""
-    qv, pf, st = cfg["QV"], cfg["QPF"], cfg["QST"]
+    qv, pf, st, ql, qc = cfg["QV"], cfg["QPF"], cfg["QST"], cfg["QL"], cfg["QC"]
     if st % (16 * qv):
         raise ValueError(f"QUAD_CONFIG: QST = {st} must be a multiple of 16*QV = {16 * qv}")
     tiles = -(-pf // (st // (16 * qv))) + 1  # QNT
-    return (16 * (pf + 1) * 3 * qv * threads + 4 * (bvar + cvar) * tiles * 16 * (st + 4)
+    return (16 * (pf + 1) * qc * 3 * (4 * qv // ql) * threads + 4 * (bvar + cvar) * tiles * 16 * (st + 4)
             + 4 * 2 * 2 * cpb * (16 * qv + 4))
 
 
-_SEL_FN = {}  # (name, options, smem) -> the kernel with its shared-memory attributes set: once, not per call
+_SEL_FN = {}  # (name, options) -> (the kernel, the most dynamic shared memory it has been allowed so far)
 
 
 def _f32c(x):
@@ -145,12 +173,19 @@ def _f32c(x):
 
 
 def _selective_fn(name, options, smem):
-    key = (name, tuple(options), smem)
-    fn = _SEL_FN.get(key)
+    """The kernel ``name``, allowed at least ``smem`` bytes of dynamic shared memory. One kernel object serves
+    every plan of its name, so its limit is only ever raised: lowering it for a small plan would make a later
+    larger launch fail (CUDA_ERROR_INVALID_VALUE)."""
+    key = (name, tuple(options))
+    fn, allowed = _SEL_FN.get(key, (None, -1))
     if fn is None:
-        fn = _SEL_FN[key] = _gpu.kernel(_HERE / "selective_scan.cu", name, options)
+        fn = _gpu.kernel(_HERE / "selective_scan.cu", name, options)
+    if smem > allowed:
         _smem_attributes(fn, smem)
+        _SEL_FN[key] = (fn, smem)
     return fn
+
+
 _ST = 64  # steps per chunk of the states kernel (ST in selective_scan.cu)
 #: most channels per block of the states kernel (they share one B and C tile); 16 measured fastest on an
 #: H100 among 8, 16 and 32
@@ -165,79 +200,132 @@ def _channels_per_block(dim, groups, choices):
     return 0
 
 
-def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-                   return_last_state=False, *, check_finite=True):
-    """GPU twin of ``refimpl.scan.selective_scan`` in float32 (real A; N <= 64). Deterministic."""
-    u, delta = _gpu.device_array("u", u, complex_ok=False), _gpu.device_array("delta", delta, complex_ok=False)
-    A, B, C = _gpu.device_array("A", A), _gpu.device_array("B", B), _gpu.device_array("C", C)
-    D, z = _gpu.device_array("D", D, complex_ok=False), _gpu.device_array("z", z, complex_ok=False)
-    delta_bias = _gpu.device_array("delta_bias", delta_bias, complex_ok=False)
-    batch, dim, L, N = selective_shape(u.shape, delta.shape, A.shape, B.shape, C.shape,
-                                       None if D is None else D.shape, None if z is None else z.shape,
-                                       None if delta_bias is None else delta_bias.shape)
-    for name, x in (("A", A), ("B", B), ("C", C)):
-        if x.dtype.kind == "c":
-            raise TypeError(f"{name}: the GPU selective_scan takes real A, B, C (got {x.dtype}); for complex A "
-                            f"use refimpl.scan.cpu.selective_scan or refimpl.scan.selective_scan")
-    if batch > 65535:
-        raise ValueError(f"u: the GPU selective_scan takes batch <= 65535, got shape {tuple(u.shape)}")
-    if N > 64:
-        raise ValueError(f"A: the GPU selective_scan takes N <= 64 states, got shape {tuple(A.shape)}")
-    for name, x in (("u", u), ("delta", delta), ("A", A), ("B", B), ("C", C), ("D", D), ("z", z),
-                    ("delta_bias", delta_bias)):
-        _gpu.require_finite(name, x, check_finite)
-    if L >= 2**31:
-        raise ValueError(f"u: the GPU selective_scan takes L < 2^31, got shape {tuple(u.shape)}")
-    # float32 C-contiguous arrays pass as they are (the common case: no CuPy call, a few microseconds of host
-    # time less per array, and the benchmark's event timing counts host time before the launch)
-    uf, df, Af, Bf, Cf, Df, zf, bf = (None if x is None else _f32c(x)
-                                      for x in (u, delta, A, B, C, D, z, delta_bias))
-    # (batch, N, L) is (batch, 1, N, L) in memory: G = 1
-    GB = Bf.shape[1] if Bf.ndim == 4 else 1
-    GC = Cf.shape[1] if Cf.ndim == 4 else 1
-    dummy = uf  # stands for an absent D, z, bias or last: the kernels touch those only when opts says so
-    Df = dummy if Df is None else Df
-    zf = dummy if zf is None else zf
-    bf = dummy if bf is None else bf
-    f32 = cp.float32
-    out = cp.empty((batch, dim, L), dtype=f32)
-    last = cp.empty((batch, dim, N), dtype=f32) if return_last_state else dummy
-    opts = (int(bool(delta_softplus)) | 2 * (D is not None) | 4 * (z is not None) | 8 * (delta_bias is not None)
-            | 16 * bool(return_last_state))
-    if batch and dim and L:
-        bvar, cvar = Bf.ndim >= 3, Cf.ndim >= 3
-        vec = L % 4 == 0 and all(x.data.ptr % 16 == 0 for x in (uf, df, zf, out) + ((Bf,) if bvar else ())
-                                 + ((Cf,) if cvar else ()))
-        groups = [g for g, M in ((GB, Bf), (GC, Cf)) if M.ndim >= 3]
+class _SelectivePlan:
+    """A launch of selective_scan.cu for one set of argument shapes and options, worked out once (after the
+    shape checks passed): kernel names (16-byte loads or not), grid, block, shared memory and the scalar
+    arguments. A call adds the 10 pointers and launches through ``_gpu.launch_words``. Why: a single call's
+    CUDA-event timing counts the host time before the launch (the GPU waits for it), and CuPy's generic
+    call converts all 16 arguments every time (this path is a few microseconds)."""
+
+    def __init__(self, batch, dim, L, N, GB, GC, opts, bvar, cvar, return_last_state):
+        self.out_shape, self.last_shape = (batch, dim, L), ((batch, dim, N) if return_last_state else None)
+        self.vec_ok, self.bvar, self.cvar = L % 4 == 0, bvar, cvar
+        self.scalars = (np.int32(dim), np.int64(L), np.int32(N), np.int32(GB), np.int32(GC), np.int32(opts))
+        self.fn, self.grid = {}, None
+        if not (batch and dim and L):
+            return
+        groups = [g for g, var in ((GB, bvar), (GC, cvar)) if var]
         cpb = _channels_per_block(dim, groups, tuple(c for c in (32, 16, 8, 4) if c <= STATES_MAX_CHANNELS))
         kind = SELECTIVE_KERNEL
         if kind == "auto" or (kind == "quad" and N > 16):
             kind = "quad" if N <= 16 else "warp"
         if kind == "states" and not (N <= 16 and cpb):
             kind = "warp"
-        if kind == "quad":  # 4 lanes x 4 states per channel, qpb channels per block (any, the block may be < a warp)
+        if kind == "quad":  # QL lanes x 16/QL states per channel, qpb channels per block (may be < a warp)
+            cfg = {"QL": 4, "QC": 1, **QUAD_CONFIG}
             qpb = _channels_per_block(dim, groups,
                                       tuple(c for c in (64, 32, 16, 8, 4, 2, 1) if c <= QUAD_MAX_CHANNELS))
-            threads, grid_x = 4 * qpb, dim // qpb
-            smem = _quad_smem(threads, qpb, bvar, cvar, QUAD_CONFIG)
+            if not (bvar and cvar and qpb % cfg["QC"] == 0):  # QC channels per thread share variable B, C
+                cfg["QC"] = 1
+            threads, grid_x = cfg["QL"] * qpb // cfg["QC"], dim // qpb
+            smem = _quad_smem(threads, qpb, bvar, cvar, cfg)
             prefix = "selective_quad"
-            options = tuple(SELECTIVE_OPTIONS) + tuple(f"-D{k}={int(v)}" for k, v in sorted(QUAD_CONFIG.items()))
+            # the softplus and z bits of opts compiled in (straight-line element-wise code): one module per
+            # combination of those two, holding the quad kernels alone (QUAD_ONLY)
+            options = (tuple(SELECTIVE_OPTIONS) + tuple(f"-D{k}={int(v)}" for k, v in sorted(cfg.items()))
+                       + (f"-DQOPTS={opts & 5}", "-DQUAD_ONLY"))
         elif kind == "states":  # lanes over states, 8 lanes per channel, cpb channels per block
             threads, grid_x = 8 * cpb, dim // cpb
             smem = 4 * ((bvar + cvar) * 2 * 16 * (_ST + 4) + 2 * 2 * cpb * _ST)
             prefix = "selective_states"
+            options = tuple(SELECTIVE_OPTIONS)
         else:  # a warp per channel, the sequence split across its lanes
             ch = _channels_per_block(dim, groups, (8, 4, 2, 1))
             threads, grid_x = 32 * ch, dim // ch
             smem = 4 * ((bvar + cvar) * N * _T + 4 * ch * N)
             prefix = "selective_scan"
-        if kind != "quad":
             options = tuple(SELECTIVE_OPTIONS)
-        name = f"{prefix}{'_vec' if vec else ''}_{'bv' if bvar else 'bi'}_{'cv' if cvar else 'ci'}"
-        fn = _selective_fn(name, options, smem)
-        fn((grid_x, batch), (threads,), (uf, df, Af, Bf, Cf, Df, zf, bf, out, last, np.int32(dim), np.int64(L),
-                                         np.int32(N), np.int32(GB), np.int32(GC), np.int32(opts)),
-           shared_mem=smem)
-    elif return_last_state:
+        tail = f"_{'bv' if bvar else 'bi'}_{'cv' if cvar else 'ci'}"
+        self.names = {True: f"{prefix}_vec{tail}", False: f"{prefix}{tail}"}
+        self.options, self.grid, self.threads, self.smem = options, (grid_x, batch), threads, smem
+        # the scalars as _gpu.launch_words takes them: each in the low bytes of its own 8-byte word
+        self.words = tuple(int(v) & (2**64 - 1 if v.dtype == np.int64 else 2**32 - 1) for v in self.scalars)
+
+    def launch(self, arrays):
+        """Launch on the current stream with ``arrays`` = (u, delta, A, B, C, D, z, bias, out, last)."""
+        p = [x.data.ptr for x in arrays]
+        aligned = p[0] | p[1] | p[6] | p[8] | (p[3] if self.bvar else 0) | (p[4] if self.cvar else 0)
+        vec = self.vec_ok and not aligned & 15
+        fn = self.fn.get(vec)
+        if fn is None:
+            fn = self.fn[vec] = _selective_fn(self.names[vec], self.options, self.smem)
+        _gpu.launch_words(fn, self.grid, self.threads, (*p, *self.words), shared_mem=self.smem)
+
+
+_SEL_PLANS = {}  # (shapes, options, configuration, device) -> _SelectivePlan
+_F32 = np.dtype(np.float32)
+_SEL_NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
+
+
+def _ready(x):
+    """True where ``x`` goes to the kernels as it is: a C-contiguous float32 CuPy array."""
+    return isinstance(x, cp.ndarray) and x.dtype is _F32 and x.flags.c_contiguous
+
+
+def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                   return_last_state=False, *, check_finite=True):
+    """GPU twin of ``refimpl.scan.selective_scan`` in float32 (real A; N <= 64). Deterministic."""
+    arrays = [u, delta, A, B, C, D, z, delta_bias]
+    ready = all(x is None or _ready(x) for x in arrays)
+    if not ready:  # NumPy, other dtypes, strides: to the device, then checked
+        arrays = [_gpu.device_array(name, x, complex_ok=name in ("A", "B", "C"))
+                  for name, x in zip(_SEL_NAMES, arrays)]
+        for name, x in zip(("A", "B", "C"), arrays[2:5]):
+            if x.dtype.kind == "c":
+                raise TypeError(f"{name}: the GPU selective_scan takes real A, B, C (got {x.dtype}); for complex "
+                                f"A use refimpl.scan.cpu.selective_scan or refimpl.scan.selective_scan")
+    # every shape and switch that the checks and the launch depend on, the configuration, the device: calls
+    # with the same key pass the same checks and launch the same way
+    key = (tuple(None if x is None else x.shape for x in arrays), bool(delta_softplus), bool(return_last_state),
+           SELECTIVE_KERNEL, QUAD_MAX_CHANNELS, STATES_MAX_CHANNELS, tuple(SELECTIVE_OPTIONS),
+           tuple(QUAD_CONFIG.items()), cp.cuda.runtime.getDevice())
+    plan = _SEL_PLANS.get(key)
+    if plan is None:
+        plan = _selective_plan(arrays, delta_softplus, return_last_state)
+        if len(_SEL_PLANS) >= 256:
+            _SEL_PLANS.clear()
+        _SEL_PLANS[key] = plan
+    if check_finite:
+        for name, x in zip(_SEL_NAMES, arrays):
+            _gpu.require_finite(name, x)
+    if not ready:
+        arrays = [None if x is None else _f32c(x) for x in arrays]
+    # u stands for an absent D, z, bias or last: the kernels touch those only when opts says so
+    arrays = [arrays[0] if x is None else x for x in arrays]
+    out = cp.empty(plan.out_shape, dtype=_F32)
+    last = arrays[0] if plan.last_shape is None else cp.empty(plan.last_shape, dtype=_F32)
+    if plan.grid is not None:
+        plan.launch((*arrays, out, last))
+    elif plan.last_shape is not None:
         last[...] = 0
     return (out, last) if return_last_state else out
+
+
+def _selective_plan(arrays, delta_softplus, return_last_state):
+    """Check the shapes (``ValueError`` naming the argument) and work out the launch."""
+    u, delta, A, B, C, D, z, delta_bias = arrays
+    batch, dim, L, N = selective_shape(u.shape, delta.shape, A.shape, B.shape, C.shape,
+                                       None if D is None else D.shape, None if z is None else z.shape,
+                                       None if delta_bias is None else delta_bias.shape)
+    if batch > 65535:
+        raise ValueError(f"u: the GPU selective_scan takes batch <= 65535, got shape {tuple(u.shape)}")
+    if N > 64:
+        raise ValueError(f"A: the GPU selective_scan takes N <= 64 states, got shape {tuple(A.shape)}")
+    if L >= 2**31:
+        raise ValueError(f"u: the GPU selective_scan takes L < 2^31, got shape {tuple(u.shape)}")
+    # (batch, N, L) is (batch, 1, N, L) in memory: G = 1
+    GB = B.shape[1] if B.ndim == 4 else 1
+    GC = C.shape[1] if C.ndim == 4 else 1
+    opts = (int(bool(delta_softplus)) | 2 * (D is not None) | 4 * (z is not None) | 8 * (delta_bias is not None)
+            | 16 * bool(return_last_state))
+    return _SelectivePlan(batch, dim, L, N, GB, GC, opts, B.ndim >= 3, C.ndim >= 3, return_last_state)

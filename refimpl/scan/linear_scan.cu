@@ -2,8 +2,9 @@
 //
 // The scan of the pairs (a_t, b_t) under (a0, b0) o (a1, b1) = (a1*a0, a1*b0 + b1), identity (1, 0).
 //
-// Layout: a, b, h contiguous (S, L); h0 (S,). The sequences are cut into tiles of TILE elements (a tile
-// never straddles two sequences; the last tile of a sequence is partial and padded with the identity).
+// Layout: a, b, h contiguous (S, L); h0 (S,), or null for zeros. The sequences are cut into tiles of TILE
+// elements (a tile never straddles two sequences; the last tile of a sequence is partial and padded with the
+// identity).
 //
 // One thread block of THREADS threads per tile, tile = blockIdx.x: blocks are dispatched in index order, so
 // a block only ever waits for blocks already running (the assumption CUB's single-pass scan makes too).
@@ -21,8 +22,8 @@
 //   At the end each thread re-reads its own a, b and runs h = a*h + b over each piece from the h entering it
 //   (xA*h_warp + xB), storing 16 bytes at a time (streaming stores).
 //
-// Across tiles: a deterministic, two-level decoupled look-back. W = THREADS consecutive tiles of a sequence
-// form a window, W consecutive windows a super-window (W^2 tiles: 2^26 floats at the default sizes).
+// Across tiles: a deterministic, two-level decoupled look-back. W = WINDOW (<= THREADS) consecutive tiles of a
+// sequence form a window, W consecutive windows a super-window (W^2 tiles: 2^22 floats at the default sizes).
 // A block publishes its tile aggregate at once, then, one entry per thread, each awaited,
 //   - level 1: the aggregates of the k < W tiles before it in its window,
 //   - level 2: the aggregates of the windows before its own in its super-window,
@@ -33,6 +34,13 @@
 // no serial chain inside a super-window. Only the state entering a super-window is handed from one to the
 // next. h_in = P1(P2(h_super)). Every sum is formed in an order that depends only on the tile's index, never
 // on timing: bitwise identical results run to run.
+//
+// What a single long sequence pays (H100, 2^28 floats): every tile needs every earlier tile's aggregate, so a
+// tile whose copy lands late holds up all the tiles after it, which then sit on their shared memory without
+// copying anything. With the waits switched off (DIAG_NO_WAIT, wrong results) the kernel runs at 94-97% of
+// copy, with them 85-87%; many sequences of 16 tiles, where a late tile holds up at most 15, run at 101%.
+// Two things shorten the wait: the look-back's words are loaded as the block starts (EARLY, +1.5 points)
+// and windows of 32 tiles rather than 128 (+1 point).
 //
 // Published entries are 8-byte words, each stored and loaded whole (an aligned 8-byte access is
 // single-copy atomic; 16-byte ones are not): a float32 pair (A, B) is one word, a complex64 pair two words
@@ -56,8 +64,18 @@
 #ifndef BACKOFF
 #define BACKOFF 1  // 0: poll the look-back's words without sleeping (kept to measure the difference)
 #endif
+#ifndef EARLY
+#define EARLY 1  // 0: load the look-back's words only when the look-back starts (kept to measure the difference)
+#endif
 #define WARPS (THREADS / 32)
-#define WINDOW THREADS  // tiles per window and windows per super-window: one look-back entry per thread
+#ifndef WINDOW
+#define WINDOW THREADS  // tiles per window and windows per super-window: at most one look-back entry per thread
+#endif
+static_assert(WINDOW <= THREADS, "one look-back entry per thread at most");
+#define LB_WARPS ((WINDOW + 31) / 32)  // the warps that hold look-back entries
+#ifndef DIAG_NO_WAIT
+#define DIAG_NO_WAIT 0  // bits 1, 2, 4: never wait for level 1, level 2, the state (WRONG results; measures waiting)
+#endif
 #define NOT_READY 0xFFFFFFFFu
 
 struct cf { float x, y; };
@@ -170,34 +188,38 @@ template <typename T> struct Words { static constexpr int PAIR = sizeof(T) / 4; 
 
 __device__ __forceinline__ void put_pair(word* p, float A, float B) { put_word(p, A, B); }
 __device__ __forceinline__ void put_pair(word* p, cf A, cf B) { put_word(p, A.x, A.y); put_word(p + 1, B.x, B.y); }
-__device__ __forceinline__ void get_pair(const word* p, float& A, float& B)
-{
-    const word w = await_word(p);
-    A = lo(w); B = hi(w);
-}
-__device__ __forceinline__ void get_pair(const word* p, cf& A, cf& B)
-{
-    const word w = await_word(p), v = await_word(p + 1);
-    A = {lo(w), hi(w)}; B = {lo(v), hi(v)};
-}
 __device__ __forceinline__ void put_state(word* p, float h) { put_word(p, h, 0.f); }
 __device__ __forceinline__ void put_state(word* p, cf h) { put_word(p, h.x, h.y); }
-__device__ __forceinline__ void get_state(const word* p, float& h) { h = lo(await_word(p)); }
-__device__ __forceinline__ void get_state(const word* p, cf& h)
+// A word loaded early (before the tile's own copy has landed) is used as it is when already written, and
+// awaited again only when not: the look-back's round trip to L2 overlaps the copy.
+__device__ __forceinline__ word settle(const word* p, word early, int level = 0)
 {
-    const word w = await_word(p);
-    h = {lo(w), hi(w)};
+    return (unsigned)early == NOT_READY && !(DIAG_NO_WAIT & level) ? await_word(p) : early;
 }
+__device__ __forceinline__ void pair_from(const word* w, float& A, float& B) { A = lo(w[0]); B = hi(w[0]); }
+__device__ __forceinline__ void pair_from(const word* w, cf& A, cf& B)
+{
+    A = {lo(w[0]), hi(w[0])}; B = {lo(w[1]), hi(w[1])};
+}
+__device__ __forceinline__ void state_from(word w, float& h) { h = lo(w); }
+__device__ __forceinline__ void state_from(word w, cf& h) { h = {lo(w), hi(w)}; }
 
 // ---- two-level look-back ---------------------------------------------------------------------------------
 // One look-back level: thread i < count awaits the published pair first + i, each warp scans its pairs in
 // index order and leaves its total in (sA[warp], sB[warp]). The order never depends on timing: deterministic.
+// pre: the thread's words as loaded early (NOT_READY where not yet written, or not loaded).
 template <typename T>
-__device__ __forceinline__ void gather_level(const word* pairs, long long first, int count, int t, int lane,
-                                             int warp, T* sA, T* sB)
+__device__ __forceinline__ void gather_level(const word* pairs, long long first, int count, const word* pre, int t,
+                                             int lane, int warp, T* sA, T* sB, int level)
 {
     T a = one(T()), b = zero(T());
-    if (t < count) get_pair(pairs + (first + t) * Words<T>::PAIR, a, b);
+    if (t < count) {
+        word v[Words<T>::PAIR];
+#pragma unroll
+        for (int i = 0; i < Words<T>::PAIR; ++i)
+            v[i] = settle(pairs + (first + t) * Words<T>::PAIR + i, pre[i], level);
+        pair_from(v, a, b);
+    }
     warp_scan(a, b, lane);
     if (lane == 31) { sA[warp] = a; sB[warp] = b; }
 }
@@ -206,7 +228,7 @@ __device__ __forceinline__ void gather_level(const word* pairs, long long first,
 template <typename T>
 __device__ __forceinline__ void fold_level(const T* sA, const T* sB, T& PA, T& PB)
 {
-    for (int w = 0; w < WARPS; ++w) {
+    for (int w = 0; w < LB_WARPS; ++w) {
         T nA = sA[w], nB = sB[w];
         compose(PA, PB, nA, nB);
         PA = nA; PB = nB;
@@ -219,28 +241,68 @@ struct Where {
     bool last_tile;
 };
 
+// The tile's look-back: k tiles before it in its window, kw windows before its window in its super-window
+// (uniform over the block), this window's entry wi and this super-window's entering state xi.
+struct Back {
+    long long wi, xi;
+    int k, kw;
+    bool publisher;  // the last tile of a window (and not of its sequence) publishes the window's aggregate
+};
+
+__device__ __forceinline__ Back back_of(const Where& w)
+{
+    Back g;
+    const long long win = w.jt / WINDOW, sup = win / WINDOW;
+    g.k = (int)(w.jt - win * WINDOW);
+    g.kw = (int)(win - sup * WINDOW);
+    g.wi = w.s * w.windows_per_seq + win;
+    g.xi = sup > 0 ? w.s * w.supers_per_seq + sup : -1;  // -1: the first super-window starts from h0
+    g.publisher = g.k == WINDOW - 1 && !w.last_tile;
+    return g;
+}
+
+// The words a thread awaits in the look-back (thread t: level-1 entry t, level-2 entry t, thread 0 the state),
+// loaded as the block starts, while its tile is still being copied in. Most are written by then; the
+// look-back re-polls only those that were not, and so usually costs no round trip to L2 at all.
+template <typename T>
+struct Early {
+    word l1[Words<T>::PAIR], l2[Words<T>::PAIR], st;
+};
+
+template <typename T>
+__device__ __forceinline__ Early<T> load_early(const Where& w, const Back& g, const word* tpairs,
+                                               const word* wpairs, const word* states)
+{
+    constexpr int P = Words<T>::PAIR;
+    const int t = threadIdx.x;
+    Early<T> e;
+#pragma unroll
+    for (int i = 0; i < P; ++i) {
+        e.l1[i] = EARLY && t < g.k ? load_word(tpairs + (w.tile - g.k + t) * P + i) : (word)NOT_READY;
+        e.l2[i] = EARLY && t < g.kw ? load_word(wpairs + (g.wi - g.kw + t) * P + i) : (word)NOT_READY;
+    }
+    e.st = EARLY && t == 0 && g.xi >= 0 ? load_word(states + g.xi) : (word)NOT_READY;
+    return e;
+}
+
 // The state h_in entering the tile, written to *s_hin (visible after the block's next __syncthreads). The
 // tile's aggregate (tA_, tB_) is already published (unless last_tile). The last tile of a window publishes
 // the window's aggregate from level 1 alone, BEFORE it awaits level 2, so window aggregates never wait on
 // one another; every other tile awaits both levels at once (one round trip to L2 and one barrier fewer).
 // The folds are the same either way: only the waiting differs.
 template <typename T>
-__device__ __forceinline__ void look_back(T tA_, T tB_, const Where& w, T h0s, const word* tpairs, word* wpairs,
-                                          word* states, T* s_hin)
+__device__ __forceinline__ void look_back(T tA_, T tB_, const Where& w, const Back& g, const Early<T>& e, T h0s,
+                                          const word* tpairs, word* wpairs, word* states, T* s_hin)
 {
     __shared__ T s_1A[WARPS], s_1B[WARPS];  // level 1 (tiles): per-warp totals
     __shared__ T s_2A[WARPS], s_2B[WARPS];  // level 2 (windows): per-warp totals
     __shared__ T s_PA, s_PB;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, t = threadIdx.x;
-    const long long win = w.jt / WINDOW, sup = win / WINDOW;
-    const int k = (int)(w.jt - win * WINDOW);                     // tiles before this one in its window
-    const int kw = (int)(win - sup * WINDOW);                     // windows before its window in the super-window
-    const long long wi = w.s * w.windows_per_seq + win;          // this window's entry
-    const long long xi = w.s * w.supers_per_seq + sup;           // this super-window's entering state
-    const bool publisher = k == WINDOW - 1 && !w.last_tile;      // k, kw, publisher: uniform over the block
+    const int k = g.k, kw = g.kw;
+    const bool publisher = g.publisher;
     // level 1: the tiles before this one in its window; level 2: the windows before its own in its super-window
-    if (k > 0) gather_level(tpairs, w.tile - k, k, t, lane, warp, s_1A, s_1B);
-    if (kw > 0 && !publisher) gather_level(wpairs, wi - kw, kw, t, lane, warp, s_2A, s_2B);
+    if (k > 0) gather_level(tpairs, w.tile - k, k, e.l1, t, lane, warp, s_1A, s_1B, 1);
+    if (kw > 0 && !publisher) gather_level(wpairs, g.wi - kw, kw, e.l2, t, lane, warp, s_2A, s_2B, 2);
     __syncthreads();
     if (publisher) {
         if (t == 0) {
@@ -248,10 +310,10 @@ __device__ __forceinline__ void look_back(T tA_, T tB_, const Where& w, T h0s, c
             if (k > 0) fold_level(s_1A, s_1B, PA, PB);
             T nA = tA_, nB = tB_;
             compose(PA, PB, nA, nB);
-            put_pair(wpairs + wi * Words<T>::PAIR, nA, nB);  // the window's aggregate
+            put_pair(wpairs + g.wi * Words<T>::PAIR, nA, nB);  // the window's aggregate
             s_PA = PA; s_PB = PB;
         }
-        if (kw > 0) gather_level(wpairs, wi - kw, kw, t, lane, warp, s_2A, s_2B);
+        if (kw > 0) gather_level(wpairs, g.wi - kw, kw, e.l2, t, lane, warp, s_2A, s_2B, 2);
         __syncthreads();
     }
     if (t == 0) {
@@ -264,11 +326,11 @@ __device__ __forceinline__ void look_back(T tA_, T tB_, const Where& w, T h0s, c
         T QA = one(T()), QB = zero(T());
         if (kw > 0) fold_level(s_2A, s_2B, QA, QB);
         T hx = h0s;  // the state entering the super-window
-        if (sup > 0) get_state(states + xi, hx);
+        if (g.xi >= 0) state_from(settle(states + g.xi, e.st, 4), hx);
         const T hin = mad(PA, mad(QA, hx, QB), PB);
         *s_hin = hin;
-        if (publisher && kw == WINDOW - 1)  // last tile of its super-window
-            put_state(states + xi + 1, mad(tA_, hin, tB_));
+        if (publisher && kw == WINDOW - 1)  // last tile of its super-window: hand the state to the next one
+            put_state(states + w.s * w.supers_per_seq + (w.jt / WINDOW) / WINDOW + 1, mad(tA_, hin, tB_));
     }
 }
 
@@ -411,7 +473,9 @@ __device__ __forceinline__ void linear_scan_tile(const T* __restrict__ a, const 
     int valid;
     const Where w = where<TILE>(blockIdx.x, L, tiles_per_seq, windows_per_seq, supers_per_seq, start, valid);
     issue_tile<T, VEC>(a + start, b + start, valid, s_a, s_b);
-    const T h0s = h0[w.s];  // off the look-back's critical path
+    const Back g = back_of(w);
+    const Early<T> e = load_early<T>(w, g, tpairs, wpairs, states);
+    const T h0s = h0 ? h0[w.s] : zero(T());  // null: start from 0. Loaded off the look-back's critical path
     cp_async_wait<0>();
 
     T xA[J], xB[J];
@@ -426,7 +490,7 @@ __device__ __forceinline__ void linear_scan_tile(const T* __restrict__ a, const 
     __syncthreads();
     block_aggregate(s_wA, s_wB, &s_tA, &s_tB, w, tpairs);
     __syncthreads();
-    look_back(s_tA, s_tB, w, h0s, tpairs, wpairs, states, &s_hin);
+    look_back(s_tA, s_tB, w, g, e, h0s, tpairs, wpairs, states, &s_hin);
     __syncthreads();
 
     // ---- write h from the h entering each thread's piece: h = a*h + b, 16-byte streaming stores ----------

@@ -203,9 +203,11 @@ __device__ __forceinline__ void selective_scan_impl(SARGS)
     K(prefix##_bv_cv, false, true, true) K(prefix##_bv_ci, false, true, false)                              \
     K(prefix##_bi_cv, false, false, true) K(prefix##_bi_ci, false, false, false)
 
+#ifndef QUAD_ONLY  // the launcher compiles the quad kernels alone with their compile-time options
 extern "C" {
 EIGHT(SKERNEL, selective_scan)
 }
+#endif
 
 // =========================================================================================================
 // selective_scan_states: the fast path for N <= 16 (Mamba's default), states across lanes.
@@ -409,76 +411,117 @@ __device__ __forceinline__ void selective_states_impl(SARGS)
 #define SSKERNEL(name, VEC, BV, CV)                                                                         \
     __global__ void __launch_bounds__(256, 2) name(SARGS) { selective_states_impl<VEC, BV, CV>(SPASS); }
 
+#ifndef QUAD_ONLY  // the launcher compiles the quad kernels alone with their compile-time options
 extern "C" {
 EIGHT(SSKERNEL, selective_states)
 }
+#endif
 
 // =========================================================================================================
-// selective_quad: the default for N <= 16. Four lanes per channel, four states per lane.
+// selective_quad: the default for N <= 16. QL lanes per channel (4; 2 as an option), 16 / QL states per lane.
 //
 // Why (H100, b2 d4096 L4096 N16): b*d = 8192 channels of 16 states are 64 channels per SM, 16 exponentials
 // per channel and step, 16 MUFU lanes per SM and clock: 64 clocks per step is the floor, and the SM issues 4
 // warp instructions a clock, so every state-step may cost about 8 warp-instruction slots / 32 lanes, all of it
 // included. With 8 lanes of 2 states (selective_states) y = sum_n C h needs 14 shuffles + 28 selects + 14 adds
-// per lane per 16 steps for 32 state-steps (1.75 per state-step). Here lane q (0..3) owns the states n = q,
-// q + 4, q + 8, q + 12 and walks the whole sequence: four independent chains h_k = exp2(dt*A_k*log2 e)*h_k +
-// dt*u*B_k. The sequence goes in blocks of QBS = 16*QV steps. The lane's partial sums of y over a block are
-// reduce-scattered over the 4 lanes in two rounds (xor 2: QBS/2 values, xor 1: QBS/4), and leave lane q with
-// the full y of its QE = 4*QV steps QE*q .. QE*q + QE - 1 of the block, the same steps whose u, delta, z it
-// loads (QV 16-byte vectors each): it forms dt, dt*u (to shared memory, rows padded to QBS + 4 floats:
-// conflict-free 16-byte reads by the 8 channels of a warp), D*u and silu(z), and writes out.
+// per lane per 16 steps for 32 state-steps (1.75 per state-step). Here lane q (0..QL-1) owns the states n = q,
+// q + QL, ... and walks the whole sequence: independent chains h_k = exp2(dt*A_k*log2 e)*h_k + dt*u*B_k. The
+// sequence goes in blocks of QBS = 16*QV steps. The lane's partial sums of y over a block are
+// reduce-scattered over the QL lanes (xor QL/2, ..., 1; each round halves what a lane holds) and leave lane q
+// with the full y of its QE = QBS/QL steps QE*q .. QE*q + QE - 1 of the block, the same steps whose u, delta,
+// z it loads: it forms dt, dt*u (to shared memory, rows padded to QBS + 4 floats: conflict-free 16-byte reads
+// by the channels of a warp), D*u and silu(z), and writes out.
 // b*d*4 lanes = 1024 warps of 8 channels: 8 per SM, 2 per scheduler, too few to hide latency by switching
 // warps, so the kernel is built to keep each warp busy by itself:
 //   - u, delta, z stream through a per-thread ring of QPF + 1 blocks in shared memory (cp.async, 16 bytes,
 //     zero-filled past L), QPF blocks (QPF*QBS steps) ahead: each thread reads back only what it copied itself,
-//     so cp.async.wait_group alone orders them, no barrier; the loads are spread evenly over time (one
-//     group per block) instead of one burst per chunk (with one chunk in registers, the loads and the scan
-//     did not overlap: 0.31 ms of memory + 0.17 ms of compute added up);
+//     so cp.async.wait_group alone orders them, no barrier; one group per block;
 //   - the element-wise work of block j + 1 (softplus, silu, dt*u) is done in registers while block j is
 //     scanned, so the compiler can interleave its ALU work with block j's exponentials;
 //   - B and C tiles (16 x QST steps, zero rows past N) arrive by cp.async in the same groups, QNT buffers
 //     deep, shared by the block's channels: one __syncthreads per tile, none per block;
-//   - softplus by MUFU ex2 + lg2, branch-free (QUAD_LIBM_SOFTPLUS: log1pf(expf), branchy, the old way).
+//   - softplus by MUFU ex2 + lg2, branch-free; silu by ex2 + rcp (.ftz: no range scaling around MUFU);
+//   - the launcher compiles the softplus and z bits of opts in (QOPTS): the element-wise code is one
+//     straight basic block the scheduler can mix with the scan; the end of the sequence is masked only in
+//     the last block.
 // Measured (H100, same run, kernel alone, 20 back-to-back calls, QV = 1): 0.416 ms before (one chunk of u,
 // delta, z in registers); QPF = 2: 0.343, 4: 0.313, 8: 0.314 (QST = 128: 0.309). Tried and slower: y's partial
 // sums through shared memory instead of shuffles (0.360 at QPF = 4), per-warp B/C tiles with no __syncthreads
 // (0.379), blocks of 32 steps (QV = 2, QPF = 4: 0.370 against 0.311 for QV = 1, QPF = 8 in the same run; 167
-// registers instead of 126); QV stays a parameter (both pass the tests).
-// Blocks may be smaller than a warp (4 * CPB threads, CPB = 1, 2, 4): shuffles and __syncwarp name only
+// registers instead of 126); QV stays a parameter (both pass the tests). With opts compiled in and the tail
+// masked in the last block only: 0.279 (0.315 for the kernel before, same run; 746 SASS instructions per
+// block of 16 steps instead of 876). ncu: shared memory (L1) 71% busy, 4 wavefronts per LDS.128 of B/C;
+// QC = 2 (two channels per thread, each B/C value read once for both: L1 44%) ran slower, 0.324, with one
+// warp per scheduler left; QL = 2: 0.356. DIAG_NO_EX2 changes nothing (0.278): the exponentials are hidden;
+// DIAG_NO_SCAN (QC = 2) 0.265: the streaming and element-wise part alone is most of the time.
+// Blocks may be smaller than a warp (QL * CPB threads, CPB = 1, 2, 4): shuffles and __syncwarp name only
 // present lanes.
 // =========================================================================================================
 
-// The launcher passes QV, QPF, QST (refimpl.scan.gpu.QUAD_CONFIG); the defaults here are its defaults.
+// The launcher passes QV, QPF, QST, QL and QOPTS (refimpl.scan.gpu.QUAD_CONFIG); the defaults here are its
+// defaults.
 #ifndef QV
-#define QV 1  // 16-byte vectors of u (delta, z, out) per lane and block: a block is QBS = 16*QV steps
+#define QV 1  // a block is QBS = 16*QV steps
 #endif
 #ifndef QPF
 #define QPF 8  // blocks of u, delta, z in flight ahead of the one scanned
 #endif
 #ifndef QST
-#define QST 64  // steps per B/C tile (a multiple of QBS)
+#define QST 128  // steps per B/C tile (a multiple of QBS)
 #endif
+#ifndef QL
+#define QL 4  // lanes per channel: 4 or 2
+#endif
+#ifndef QC
+#define QC 1  // channels per thread: 1, or 2 (each B, C value read from shared memory serves both)
+#endif
+#if defined(QOPTS) && QOPTS >= 0  // opts bits 0 (softplus) and 2 (z) fixed at compile time
+#define QSOFTPLUS ((QOPTS) & 1)
+#define QHASZ ((QOPTS) & 4)
+#else
+#define QSOFTPLUS (opts & 1)
+#define QHASZ (opts & 4)
+#endif
+#define QS (16 / QL)                     // states per lane
 #define QBS (16 * QV)                    // steps per block
-#define QE (4 * QV)                      // steps per lane and block
+#define QE (QBS / QL)                    // steps per lane and block (its u, delta, z, out)
+#define QEV (QE / 4)                     // 16-byte vectors per lane, array and block
 #define QSB (QST / QBS)                  // blocks per tile
-#define QSTP (QST + 4)                   // padded tile row: rows q, q + 4k of 4 lanes in distinct bank groups
+#define QSTP (QST + 4)                   // padded tile row: rows q, q + QL*k of QL lanes in distinct bank groups
 #define QR (QPF + 1)                     // ring slots per thread: one more than in flight (no overwrite of a
                                          // slot read in the previous block)
 #define QNT ((QPF + QSB - 1) / QSB + 1)  // tile buffers: a tile is copied ceil(QPF/QSB) tiles ahead
-#define QDP (QBS + 4)                    // padded dt/du row of a channel (8 channels in distinct bank groups)
+#define QDP (QBS + 4)                    // padded dt/du row of a channel (channels in distinct bank groups)
 
+__device__ __forceinline__ float lg2f(float x)
+{
+    float y;
+    asm("lg2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+
+__device__ __forceinline__ float rcpf(float x)
+{
+    float y;
+    asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+
+// log(1 + e^x); x itself above 20 (as mamba_ssm); a series where 1 + e would lose e's digits (rel. err < 1e-5)
 __device__ __forceinline__ float softplus_f(float x)
 {
 #ifdef QUAD_LIBM_SOFTPLUS
     return x <= 20.f ? log1pf(__expf(x)) : x;
-#else  // MUFU ex2 + lg2, branch-free; a series where 1 + e would lose e's digits (rel. err < 1e-5)
+#else
     const float e = ex2(fminf(x, 20.f) * LOG2E);
-    float l;
-    asm("lg2.approx.ftz.f32 %0, %1;" : "=f"(l) : "f"(1.f + e));
+    const float l = lg2f(1.f + e) * 0.6931471805599453f;
     const float s = e * fmaf(e, fmaf(e, fmaf(e, -0.25f, 0.33333334f), -0.5f), 1.f);
-    return x > 20.f ? x : (e < 0.03125f ? s : l * 0.6931471805599453f);
+    return x > 20.f ? x : (e < 0.03125f ? s : l);
 #endif
 }
+
+// z * sigmoid(z) = z / (1 + 2^(-z log2 e)); for z -> -inf the reciprocal of inf is 0
+__device__ __forceinline__ float silu_f(float z) { return z * rcpf(1.f + ex2(z * -LOG2E)); }
 
 __device__ __forceinline__ void cp_async_wait_pf()
 {
@@ -501,186 +544,249 @@ __device__ __forceinline__ void quad_copy(const float* __restrict__ row, long lo
     }
 }
 
+// the thread's shares of the 16 x QST tile of a variable B or C from step c0 (zero rows past N, zero past L),
+// in the caller's cp.async group: copies c = tid, tid + nt, ... of 16 rows x QST/4 vectors
+template <bool VEC>
+__device__ __forceinline__ void quad_tile(const float* __restrict__ M, float* tile, long long c0, long long L,
+                                          int N, int tid, int nt)
+{
+    for (int c = tid; c < 4 * QST; c += nt) {
+        const int n = c / (QST / 4), e = 4 * (c % (QST / 4));
+        const long long t = c0 + e;
+        float* dst = tile + n * QSTP + e;
+        const float* src = M + (long long)n * L + t;
+        if (VEC) {
+            const bool in = n < N && t < L;
+            cp_async16(dst, in ? (const void*)src : (const void*)M, in);
+        } else {
+#pragma unroll
+            for (int i = 0; i < 4; ++i) dst[i] = (n < N && t + i < L) ? src[i] : 0.f;
+        }
+    }
+}
+
+// one round of the reduce-scatter of y over a channel's lanes: lanes q and q ^ S swap halves of yp[0 .. 2*LEN)
+// and add; the lane with bit S set keeps the upper half (in yp[0 .. LEN))
+template <int S, int LEN>
+__device__ __forceinline__ void reduce_half(float (&yp)[QBS], int q, unsigned mask)
+{
+    const bool up = q & S;
+#pragma unroll
+    for (int k = 0; k < LEN; ++k) {
+        const float send = up ? yp[k] : yp[k + LEN], keep = up ? yp[k + LEN] : yp[k];
+        yp[k] = keep + __shfl_xor_sync(mask, send, S);
+    }
+}
+
 template <bool VEC, bool BVAR, bool CVAR>
 __device__ __forceinline__ void selective_quad_impl(SARGS)
 {
     extern __shared__ float4 smem4[];
-    const int nt = blockDim.x, CPB = nt >> 2;
-    float4* ring = smem4;                                      // [QR][3][QV][nt]: u, delta, z
-    float* tB = reinterpret_cast<float*>(ring + QR * 3 * QV * nt);  // [QNT][16][QSTP]
-    float* tC = tB + (BVAR ? QNT * 16 * QSTP : 0);             // [QNT][16][QSTP]
-    float* sdt = tC + (CVAR ? QNT * 16 * QSTP : 0);            // [2][CPB][QDP]
-    float* sdu = sdt + 2 * CPB * QDP;                          // [2][CPB][QDP]
+    const int nt = blockDim.x, CPB = nt / QL * QC;
+    float4* ring = smem4;                                                  // [QR][QC][3][QEV][nt]: u, delta, z
+    float* tB = reinterpret_cast<float*>(ring + QR * QC * 3 * QEV * nt);  // [QNT][16][QSTP]
+    float* tC = tB + (BVAR ? QNT * 16 * QSTP : 0);                         // [QNT][16][QSTP]
+    float* sdt = tC + (CVAR ? QNT * 16 * QSTP : 0);                        // [2][CPB][QDP]
+    float* sdu = sdt + 2 * CPB * QDP;                                      // [2][CPB][QDP]
     const unsigned mask = nt >= 32 ? 0xffffffffu : (1u << nt) - 1u;
 
-    const int tid = threadIdx.x, q = tid & 3, ci = tid >> 2;
-    const int d = blockIdx.x * CPB + ci, bi = blockIdx.y;
-    const long long row = ((long long)bi * dim + d) * L;
-    const bool softplus = opts & 1, has_z = opts & 4, has_last = opts & 16;
-    const float Dd = (opts & 2) ? D[d] : 0.f;
-    const float bd = (opts & 8) ? bias[d] : 0.f;
-    float a[4], Bk[4], Ck[4];
+    // thread tid: lane q of channels QC*(tid / QL) + c, c < QC (the same states of each: B, C read once)
+    const int tid = threadIdx.x, q = tid % QL, c0i = tid / QL * QC;
+    const int d0 = blockIdx.x * CPB + c0i, bi = blockIdx.y;
+    const long long row0 = ((long long)bi * dim + d0) * L;  // channel c's row at row0 + c*L
+    const bool has_last = opts & 16;
+    float Dd[QC], bd[QC], a[QC][QS], Bk[QS], Ck[QS];
 #pragma unroll
-    for (int k = 0; k < 4; ++k) {
-        const int n = q + 4 * k;
-        a[k] = n < N ? A[(long long)d * N + n] * LOG2E : 0.f;
-        Bk[k] = (!BVAR && n < N) ? B[(long long)d * N + n] : 0.f;
-        Ck[k] = (!CVAR && n < N) ? C[(long long)d * N + n] : 0.f;
+    for (int c = 0; c < QC; ++c) {
+        Dd[c] = (opts & 2) ? D[d0 + c] : 0.f;
+        bd[c] = (opts & 8) ? bias[d0 + c] : 0.f;
+#pragma unroll
+        for (int k = 0; k < QS; ++k) {
+            const int n = q + QL * k;
+            a[c][k] = n < N ? A[(long long)(d0 + c) * N + n] * LOG2E : 0.f;
+        }
+    }
+#pragma unroll
+    for (int k = 0; k < QS; ++k) {  // time-invariant B, C: per channel, so only with QC = 1
+        const int n = q + QL * k;
+        Bk[k] = (!BVAR && n < N) ? B[(long long)d0 * N + n] : 0.f;
+        Ck[k] = (!CVAR && n < N) ? C[(long long)d0 * N + n] : 0.f;
     }
     const float* Bg = B;
     const float* Cg = C;
-    if (BVAR) Bg = B + ((long long)bi * GB + (long long)(blockIdx.x * CPB) / (dim / GB)) * N * L;
-    if (CVAR) Cg = C + ((long long)bi * GC + (long long)(blockIdx.x * CPB) / (dim / GC)) * N * L;
+    if (BVAR) Bg = B + ((long long)bi * GB + (blockIdx.x * CPB) / (dim / GB)) * N * L;
+    if (CVAR) Cg = C + ((long long)bi * GC + (blockIdx.x * CPB) / (dim / GC)) * N * L;
     const int nblk = (int)((L + QBS - 1) / QBS);  // blocks of QBS steps (the launcher keeps L < 2^31)
 
-    // block j's copies (u, delta, z of the thread's QE steps; with j the first block of a tile, the thread's
-    // share of the tile's B and C) as one cp.async group; groups past the end are empty, so that every block
-    // commits exactly one and cp.async.wait_group counts blocks
-    auto issue = [&](int j) {
+    // block j's copies (u, delta, z of the thread's QE steps of its channels; with j the first block of a tile,
+    // the thread's share of the tile's B and C) into ring slot s, as one cp.async group; groups past the end
+    // are empty, so that every block commits exactly one and cp.async.wait_group counts blocks
+    auto issue = [&](int j, int s) {
         if (j < nblk) {
-            float4* slot = ring + (j % QR) * 3 * QV * nt + tid;
+            float4* slot = ring + s * QC * 3 * QEV * nt + tid;
             const long long t0 = (long long)QBS * j + QE * q;
 #pragma unroll
-            for (int v = 0; v < QV; ++v) {
-                quad_copy<VEC>(u + row, t0 + 4 * v, L, slot + v * nt);
-                quad_copy<VEC>(delta + row, t0 + 4 * v, L, slot + (QV + v) * nt);
-                if (has_z) quad_copy<VEC>(z + row, t0 + 4 * v, L, slot + (2 * QV + v) * nt);
-            }
+            for (int c = 0; c < QC; ++c)
+#pragma unroll
+                for (int v = 0; v < QEV; ++v) {
+                    float4* sc = slot + c * 3 * QEV * nt;
+                    quad_copy<VEC>(u + row0 + c * L, t0 + 4 * v, L, sc + v * nt);
+                    quad_copy<VEC>(delta + row0 + c * L, t0 + 4 * v, L, sc + (QEV + v) * nt);
+                    if (QHASZ) quad_copy<VEC>(z + row0 + c * L, t0 + 4 * v, L, sc + (2 * QEV + v) * nt);
+                }
             if (j % QSB == 0) {
                 const int tb = (j / QSB) % QNT;
-                if (BVAR) tile_async<VEC, QST, QSTP>(Bg, tB + tb * 16 * QSTP, (long long)QBS * j, L, N);
-                if (CVAR) tile_async<VEC, QST, QSTP>(Cg, tC + tb * 16 * QSTP, (long long)QBS * j, L, N);
+                if (BVAR) quad_tile<VEC>(Bg, tB + tb * 16 * QSTP, (long long)QBS * j, L, N, tid, nt);
+                if (CVAR) quad_tile<VEC>(Cg, tC + tb * 16 * QSTP, (long long)QBS * j, L, N, tid, nt);
             }
         }
         cp_async_commit();
     };
-    // block j's element-wise terms from its ring slot: dt (0 past L: the identity step), dt*u, D*u, silu(z)
-    auto elementwise = [&](int j, float (&dt)[QE], float (&du)[QE], float (&yD)[QE], float (&zs)[QE]) {
-        const float4* slot = ring + (j % QR) * 3 * QV * nt + tid;
+    // block j's element-wise terms from ring slot s: dt (0 past L: the identity step), dt*u, D*u, silu(z)
+    auto elementwise = [&](int j, int s, float (&dt)[QC][QE], float (&du)[QC][QE], float (&yD)[QC][QE],
+                           float (&zs)[QC][QE]) {
         const long long t0 = (long long)QBS * j + QE * q;
 #pragma unroll
-        for (int v = 0; v < QV; ++v) {
-            const float4 u4 = slot[v * nt], d4 = slot[(QV + v) * nt];
-            const float4 z4 = has_z ? slot[(2 * QV + v) * nt] : make_float4(0.f, 0.f, 0.f, 0.f);
-            const float us[4] = {u4.x, u4.y, u4.z, u4.w}, ds[4] = {d4.x, d4.y, d4.z, d4.w};
-            const float zz[4] = {z4.x, z4.y, z4.z, z4.w};
+        for (int c = 0; c < QC; ++c) {
+            const float4* slot = ring + (s * QC + c) * 3 * QEV * nt + tid;
 #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const int i = 4 * v + e;
-                float x = ds[e] + bd;
-                if (softplus) x = softplus_f(x);
-                dt[i] = t0 + i < L ? x : 0.f;
-                du[i] = dt[i] * us[e];
-                yD[i] = Dd * us[e];
-                zs[i] = has_z ? __fdividef(zz[e], 1.f + __expf(-zz[e])) : 1.f;
+            for (int v = 0; v < QEV; ++v) {
+                const float4 u4 = slot[v * nt], d4 = slot[(QEV + v) * nt];
+                const float4 z4 = QHASZ ? slot[(2 * QEV + v) * nt] : make_float4(0.f, 0.f, 0.f, 0.f);
+                const float us[4] = {u4.x, u4.y, u4.z, u4.w}, ds[4] = {d4.x, d4.y, d4.z, d4.w};
+                const float zz[4] = {z4.x, z4.y, z4.z, z4.w};
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    const int i = 4 * v + e;
+                    float x = QSOFTPLUS ? softplus_f(ds[e] + bd[c]) : ds[e] + bd[c];
+                    if (t0 + QE > L && t0 + i >= L) x = 0.f;  // the last block: steps past L are the identity
+                    dt[c][i] = x;
+                    du[c][i] = x * us[e];
+                    yD[c][i] = Dd[c] * us[e];
+                    zs[c][i] = QHASZ ? silu_f(zz[e]) : 1.f;
+                }
             }
         }
     };
 
-    for (int j = 0; j < QPF; ++j) issue(j);
+    for (int j = 0; j < QPF; ++j) issue(j, j);
     cp_async_wait_pf();  // block 0 is here
-    float dt[QE], du[QE], yD[QE], zs[QE];
-    elementwise(0, dt, du, yD, zs);
+    float dt[QC][QE], du[QC][QE], yD[QC][QE], zs[QC][QE];
+    elementwise(0, 0, dt, du, yD, zs);
 
-    float h[4] = {0.f, 0.f, 0.f, 0.f};
+    float h[QC][QS];
+#pragma unroll
+    for (int c = 0; c < QC; ++c)
+#pragma unroll
+        for (int k = 0; k < QS; ++k) h[c][k] = 0.f;
+    int rs = 1, ws = QPF;  // ring slots of block j + 1 (read next) and of block j + QPF (copied next)
     for (int j = 0; j < nblk; ++j) {
         // every thread's share of tile j / QSB is here, and tile j / QSB - QNT + 1 (in the buffer that this
         // tile's next copy overwrites) is read by all
         if (j % QSB == 0) __syncthreads();
         const int buf = (int)(j & 1);
-        float* wdt = sdt + (buf * CPB + ci) * QDP;
-        float* wdu = sdu + (buf * CPB + ci) * QDP;
 #pragma unroll
-        for (int v = 0; v < QV; ++v) {
-            const int i = 4 * v;
-            *reinterpret_cast<float4*>(wdt + QE * q + i) = make_float4(dt[i], dt[i + 1], dt[i + 2], dt[i + 3]);
-            *reinterpret_cast<float4*>(wdu + QE * q + i) = make_float4(du[i], du[i + 1], du[i + 2], du[i + 3]);
-        }
-        __syncwarp(mask);  // block j's dt, du of the channel's 4 lanes are visible; block j - 1's buffer is free
-        issue(j + QPF);
+        for (int c = 0; c < QC; ++c)
+#pragma unroll
+            for (int v = 0; v < QEV; ++v) {
+                const int i = 4 * v, o = (buf * CPB + c0i + c) * QDP + QE * q + i;
+                *reinterpret_cast<float4*>(sdt + o) = make_float4(dt[c][i], dt[c][i + 1], dt[c][i + 2], dt[c][i + 3]);
+                *reinterpret_cast<float4*>(sdu + o) = make_float4(du[c][i], du[c][i + 1], du[c][i + 2], du[c][i + 3]);
+            }
+        __syncwarp(mask);  // block j's dt, du of the channels' lanes are visible; block j - 1's buffer is free
+        issue(j + QPF, ws);
+        ws = ws + 1 == QR ? 0 : ws + 1;
         cp_async_wait_pf();  // block j + 1 is here
-        float ndt[QE], ndu[QE], nyD[QE], nzs[QE];
-        elementwise(j + 1 < nblk ? j + 1 : j, ndt, ndu, nyD, nzs);
+        float ndt[QC][QE], ndu[QC][QE], nyD[QC][QE], nzs[QC][QE];
+        elementwise(j + 1 < nblk ? j + 1 : j, rs, ndt, ndu, nyD, nzs);
+        rs = rs + 1 == QR ? 0 : rs + 1;
 
         const int tb = (j / QSB) % QNT, off = (j % QSB) * QBS;
-        const float* rB = tB + tb * 16 * QSTP + q * QSTP + off;  // row q; rows q + 4k at + 4k * QSTP
+        const float* rB = tB + tb * 16 * QSTP + q * QSTP + off;  // row q; rows q + QL*k at + QL*k*QSTP
         const float* rC = tC + tb * 16 * QSTP + q * QSTP + off;
-        float yp[QBS];
+        float yp[QC][QBS];
 #ifdef DIAG_NO_SCAN  // timing diagnostic only (wrong results): the memory traffic and element-wise work alone
 #pragma unroll
-        for (int i = 0; i < QBS; ++i) yp[i] = wdt[i] + wdu[i];
+        for (int c = 0; c < QC; ++c)
+#pragma unroll
+            for (int i = 0; i < QBS; ++i) yp[c][i] = sdt[(buf * CPB + c0i + c) * QDP + i] + rB[i] + rC[i];
 #else
 #pragma unroll
         for (int g = 0; g < QBS / 4; ++g) {
-            const float4 dt4 = *reinterpret_cast<const float4*>(wdt + 4 * g);
-            const float4 du4 = *reinterpret_cast<const float4*>(wdu + 4 * g);
-            const float dts[4] = {dt4.x, dt4.y, dt4.z, dt4.w}, dus[4] = {du4.x, du4.y, du4.z, du4.w};
-            float bs[4][4], cs[4][4];
+            float bs[QS][4], cs[QS][4];
 #pragma unroll
-            for (int k = 0; k < 4; ++k) {
+            for (int k = 0; k < QS; ++k) {
                 float4 b4 = make_float4(Bk[k], Bk[k], Bk[k], Bk[k]), c4 = make_float4(Ck[k], Ck[k], Ck[k], Ck[k]);
-                if (BVAR) b4 = *reinterpret_cast<const float4*>(rB + 4 * k * QSTP + 4 * g);
-                if (CVAR) c4 = *reinterpret_cast<const float4*>(rC + 4 * k * QSTP + 4 * g);
+                if (BVAR) b4 = *reinterpret_cast<const float4*>(rB + QL * k * QSTP + 4 * g);
+                if (CVAR) c4 = *reinterpret_cast<const float4*>(rC + QL * k * QSTP + 4 * g);
                 bs[k][0] = b4.x; bs[k][1] = b4.y; bs[k][2] = b4.z; bs[k][3] = b4.w;
                 cs[k][0] = c4.x; cs[k][1] = c4.y; cs[k][2] = c4.z; cs[k][3] = c4.w;
             }
 #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                float acc = 0.f;
+            for (int c = 0; c < QC; ++c) {
+                const int o = (buf * CPB + c0i + c) * QDP + 4 * g;
+                const float4 dt4 = *reinterpret_cast<const float4*>(sdt + o);
+                const float4 du4 = *reinterpret_cast<const float4*>(sdu + o);
+                const float dts[4] = {dt4.x, dt4.y, dt4.z, dt4.w}, dus[4] = {du4.x, du4.y, du4.z, du4.w};
 #pragma unroll
-                for (int k = 0; k < 4; ++k) {
+                for (int e = 0; e < 4; ++e) {
+                    float acc = 0.f;
+#pragma unroll
+                    for (int k = 0; k < QS; ++k) {
 #ifdef DIAG_NO_EX2  // timing diagnostic only (wrong results): the exponentials replaced by one FFMA
-                    h[k] = fmaf(fmaf(dts[e], a[k], 1.f), h[k], dus[e] * bs[k][e]);
+                        h[c][k] = fmaf(fmaf(dts[e], a[c][k], 1.f), h[c][k], dus[e] * bs[k][e]);
 #else
-                    h[k] = fmaf(ex2(dts[e] * a[k]), h[k], dus[e] * bs[k][e]);
+                        h[c][k] = fmaf(ex2(dts[e] * a[c][k]), h[c][k], dus[e] * bs[k][e]);
 #endif
-                    acc = k == 0 ? cs[k][e] * h[k] : fmaf(cs[k][e], h[k], acc);
+                        acc = k == 0 ? cs[k][e] * h[c][k] : fmaf(cs[k][e], h[c][k], acc);
+                    }
+                    yp[c][4 * g + e] = acc;
                 }
-                yp[4 * g + e] = acc;
             }
         }
 #endif
-        // reduce-scatter over the 4 lanes: xor 2 halves the QBS steps, xor 1 the half left; lane q keeps its QE
-        // steps QE*q ..
-        const bool up2 = q & 2, up1 = q & 1;
-#pragma unroll
-        for (int k = 0; k < QBS / 2; ++k) {
-            const float send = up2 ? yp[k] : yp[k + QBS / 2], keep = up2 ? yp[k + QBS / 2] : yp[k];
-            yp[k] = keep + __shfl_xor_sync(mask, send, 2);
-        }
-#pragma unroll
-        for (int k = 0; k < QE; ++k) {
-            const float send = up1 ? yp[k] : yp[k + QE], keep = up1 ? yp[k + QE] : yp[k];
-            yp[k] = keep + __shfl_xor_sync(mask, send, 1);
-        }
         const long long t0 = (long long)QBS * j + QE * q;
 #pragma unroll
-        for (int v = 0; v < QV; ++v) {
-            const long long t = t0 + 4 * v;
-            float o[4];
+        for (int c = 0; c < QC; ++c) {
+            // reduce-scatter over the QL lanes: each round (xor S) halves the steps a lane holds; lane q keeps
+            // its QE steps QE*q ..
+            if (QL == 4) reduce_half<2, QBS / 2>(yp[c], q, mask);
+            reduce_half<1, QE>(yp[c], q, mask);
 #pragma unroll
-            for (int e = 0; e < 4; ++e) o[e] = (yp[4 * v + e] + yD[4 * v + e]) * zs[4 * v + e];
-            if (VEC && t < L) {
-                __stcs(reinterpret_cast<float4*>(out + row + t), make_float4(o[0], o[1], o[2], o[3]));
-            } else {
+            for (int v = 0; v < QEV; ++v) {
+                const long long t = t0 + 4 * v;
+                float o[4];
 #pragma unroll
-                for (int e = 0; e < 4; ++e)
-                    if (t + e < L) out[row + t + e] = o[e];
+                for (int e = 0; e < 4; ++e) o[e] = (yp[c][4 * v + e] + yD[c][4 * v + e]) * zs[c][4 * v + e];
+                float* dst = out + row0 + c * L + t;
+                if (VEC && t < L) {
+                    __stcs(reinterpret_cast<float4*>(dst), make_float4(o[0], o[1], o[2], o[3]));
+                } else {
+#pragma unroll
+                    for (int e = 0; e < 4; ++e)
+                        if (t + e < L) dst[e] = o[e];
+                }
             }
         }
 #pragma unroll
-        for (int i = 0; i < QE; ++i) { dt[i] = ndt[i]; du[i] = ndu[i]; yD[i] = nyD[i]; zs[i] = nzs[i]; }
+        for (int c = 0; c < QC; ++c)
+#pragma unroll
+            for (int i = 0; i < QE; ++i) {
+                dt[c][i] = ndt[c][i]; du[c][i] = ndu[c][i]; yD[c][i] = nyD[c][i]; zs[c][i] = nzs[c][i];
+            }
     }
     cp_async_wait_all();  // no copy outlives the block
     if (has_last) {
 #pragma unroll
-        for (int k = 0; k < 4; ++k)
-            if (q + 4 * k < N) last[((long long)bi * dim + d) * N + q + 4 * k] = h[k];
+        for (int c = 0; c < QC; ++c)
+#pragma unroll
+            for (int k = 0; k < QS; ++k)
+                if (q + QL * k < N) last[((long long)bi * dim + d0 + c) * N + q + QL * k] = h[c][k];
     }
 }
 
 #define SQKERNEL(name, VEC, BV, CV)                                                                         \
-    __global__ void __launch_bounds__(256) name(SARGS) { selective_quad_impl<VEC, BV, CV>(SPASS); }
+    __global__ void __launch_bounds__(256, 1) name(SARGS) { selective_quad_impl<VEC, BV, CV>(SPASS); }
 
 extern "C" {
 EIGHT(SQKERNEL, selective_quad)
