@@ -170,7 +170,7 @@ def test_cpu_chunked_path_matches(rng, monkeypatch):
 
 @pytest.mark.gpu
 def test_gpu_linear_scan_many_windows_and_sequences(rng):
-    """Many look-back windows (32 tiles of 4096) and three super-windows (2^22 elements each) in one sequence,
+    """Many look-back windows (32 tiles of 8192) and two super-windows (2^23 elements each) in one sequence,
     and many sequences, against float64."""
     import refimpl.scan.cpu as cpu
     import refimpl.scan.gpu as gpu

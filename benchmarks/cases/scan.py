@@ -284,10 +284,14 @@ def summary(path):
 #: 32 tiles: 83.2-85.3 / 86.3-87.1 against 84.0-84.4 / 86.0-86.2 for 128 (64: 82.2-85.3); 64 threads, 12
 #: blocks per SM: 66.7. A bulk L2 prefetch of the tile 400 / 800 / 1600 tiles ahead (so that DRAM reads go on
 #: while blocks wait, without holding shared memory): 83.8-84.9 / 87.5-88.2 at 400 but 4096 x 65536 fell
-#: from 98.7 to 81.7, and 800 or more fell to 60-62 on both shapes: dropped.
-LINEAR_VARIANTS = [dict(THREADS=128, J=8, MINB=6), dict(THREADS=128, J=8, MINB=6, WINDOW=128),
-                   dict(THREADS=128, J=8, MINB=6, EARLY=0), dict(THREADS=128, J=8, MINB=6, BACKOFF=0),
-                   dict(THREADS=128, J=16, MINB=3), dict(THREADS=64, J=16, MINB=6), dict(THREADS=256, J=8, MINB=3),
+#: from 98.7 to 81.7, and 800 or more fell to 60-62 on both shapes: dropped. Then, with windows of 32 and
+#: EARLY, two rounds in one process, 1 x 2^28 single / back to back (4096 x 65536 back to back): (128, 8, 6)
+#: 80.9-85.4 / 86.8-86.9 (101.7-102.2); (128, 16, 3) 85.9-86.5 / 88.1-88.6 (102.5-102.6), kept: tiles of
+#: 8192, half as many to wait on; (256, 8, 3) 82.7-83.3 / 84.8-85.0; (256, 4, 3) 67.0-67.5 / 69.2-69.3;
+#: (64, 16, 6) 70.5-71.2 / 72.1-72.9; windows of 16 83.9-84.1 / 86.0.
+LINEAR_VARIANTS = [dict(THREADS=128, J=16, MINB=3), dict(THREADS=128, J=8, MINB=6),
+                   dict(THREADS=128, J=16, MINB=3, WINDOW=128), dict(THREADS=128, J=16, MINB=3, EARLY=0),
+                   dict(THREADS=128, J=16, MINB=3, BACKOFF=0), dict(THREADS=256, J=8, MINB=3),
                    dict(THREADS=512, J=4, MINB=3)]
 
 

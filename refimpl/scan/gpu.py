@@ -4,7 +4,7 @@ Same names and signatures as the reference. Inputs may be NumPy or CuPy arrays; 
 the current device. Kernels:
 
 - ``linear_scan.cu``: one pass over memory (a, b read once, h written once: 12 bytes per float32 element).
-  Each block copies a tile of 4096 elements into shared memory (cp.async, 6 blocks per SM), scans it (serial
+  Each block copies a tile of 8192 elements into shared memory (cp.async, 3 blocks per SM), scans it (serial
   per thread, warp shuffles across lanes and warps) and joins the tiles before it by a two-level decoupled
   look-back whose combination order depends only on the tile's index: bitwise identical results run to
   run. Its entries are single 8-byte words (no flags, no fences). 64-bit offsets.
@@ -79,10 +79,10 @@ def _rows(x, shape, dtype):
 
 
 #: compile-time shape of linear_scan.cu: THREADS per block, J 16-byte copies of a (and of b) per thread (tiles
-#: of 4096 floats, 32 KB of shared memory), MINB blocks per SM asked of the compiler (__launch_bounds__),
-#: BACKOFF 1: sleep between polls of the look-back, WINDOW tiles per look-back window (<= THREADS). (128, 8, 6)
+#: of 8192 floats, 64 KB of shared memory), MINB blocks per SM asked of the compiler (__launch_bounds__),
+#: BACKOFF 1: sleep between polls of the look-back, WINDOW tiles per look-back window (<= THREADS). (128, 16, 3)
 #: with windows of 32 measured fastest on an H100 among the variants in benchmarks/cases/scan.py:variants().
-LINEAR_CONFIG = {"THREADS": 128, "J": 8, "MINB": 6, "BACKOFF": 1, "WINDOW": 32}
+LINEAR_CONFIG = {"THREADS": 128, "J": 16, "MINB": 3, "BACKOFF": 1, "WINDOW": 32}
 
 
 @functools.lru_cache(maxsize=256)

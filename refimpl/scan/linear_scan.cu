@@ -23,7 +23,7 @@
 //   (xA*h_warp + xB), storing 16 bytes at a time (streaming stores).
 //
 // Across tiles: a deterministic, two-level decoupled look-back. W = WINDOW (<= THREADS) consecutive tiles of a
-// sequence form a window, W consecutive windows a super-window (W^2 tiles: 2^22 floats at the default sizes).
+// sequence form a window, W consecutive windows a super-window (W^2 tiles: 2^23 floats at the sizes gpu.py sets).
 // A block publishes its tile aggregate at once, then, one entry per thread, each awaited,
 //   - level 1: the aggregates of the k < W tiles before it in its window,
 //   - level 2: the aggregates of the windows before its own in its super-window,
@@ -39,8 +39,9 @@
 // tile whose copy lands late holds up all the tiles after it, which then sit on their shared memory without
 // copying anything. With the waits switched off (DIAG_NO_WAIT, wrong results) the kernel runs at 94-97% of
 // copy, with them 85-87%; many sequences of 16 tiles, where a late tile holds up at most 15, run at 101%.
-// Two things shorten the wait: the look-back's words are loaded as the block starts (EARLY, +1.5 points)
-// and windows of 32 tiles rather than 128 (+1 point).
+// Three things shorten the wait: the look-back's words are loaded as the block starts (EARLY, +1.5 points),
+// windows of 32 tiles rather than 128 (+1 point), and tiles of 8192 rather than 4096 (3 blocks of 64 KB per SM
+// rather than 6 of 32 KB: half as many tiles to wait on; +1.5 points).
 //
 // Published entries are 8-byte words, each stored and loaded whole (an aligned 8-byte access is
 // single-copy atomic; 16-byte ones are not): a float32 pair (A, B) is one word, a complex64 pair two words
@@ -56,10 +57,10 @@
 #define THREADS 128
 #endif
 #ifndef J
-#define J 8
+#define J 16
 #endif
 #ifndef MINB
-#define MINB 6  // __launch_bounds__ minimum blocks per SM (80 registers a thread)
+#define MINB 3  // __launch_bounds__ minimum blocks per SM (64 KB of shared memory each)
 #endif
 #ifndef BACKOFF
 #define BACKOFF 1  // 0: poll the look-back's words without sleeping (kept to measure the difference)
