@@ -67,8 +67,6 @@ DEC_CONFIG = {"DEC_UNROLL": 4, "DEC_STAGES": 4, "DEC_BLOCKS_PER_SM": 0, "DEC_FEW
 # are resident and waiting when decode_tc ends, instead of a kernel boundary and a launch (H100: b1 32K 55.8 vs
 # 58.6 us, measured in one process).
 _DEC_SPLIT_KEYS = ("DEC_BLOCKS_PER_SM", "DEC_FEW_GROUPS_PER_SM", "DEC_TC", "DEC_PDL")
-for _k, _v in json.loads(os.environ.get("REFIMPL_ATTENTION_CONFIG", "{}")).items():
-    (FWD_CONFIG if _k.startswith("FWD_") else DEC_CONFIG)[_k] = int(_v)
 # flash_fwd_sm90.cu's macros (F90_ON 0 turns it off: the flash_fwd.cu path), set like the others through
 # REFIMPL_ATTENTION_CONFIG. F90_STAGES: K/V tiles in flight; F90_SYNC, F90_LATELOAD, F90_PINGPONG: see the .cu
 # file (the defaults were the fastest of the variants measured there, on the H100); F90_ORDER: block order,
@@ -78,8 +76,8 @@ F90_CONFIG = {"F90_ON": 1, "F90_STAGES": 2, "F90_ORDER": -1, "F90_SYNC": 1, "F90
 # at most about the L2 size, else query block fastest (the blocks of one head share its K and V in L2). On the
 # H100, b1 h32 d128: L 4096 (64 MiB of K and V) 450 vs 422 TFLOP/s head first; L 16384 490 vs 394 the other way.
 _F90_HEAD_FIRST_BYTES = 64 << 20
-for _k in [k for k in DEC_CONFIG if k.startswith("F90_")]:  # the loop above filed them with the decode macros
-    F90_CONFIG[_k] = DEC_CONFIG.pop(_k)
+for _k, _v in json.loads(os.environ.get("REFIMPL_ATTENTION_CONFIG", "{}")).items():
+    {"FWD_": FWD_CONFIG, "F90_": F90_CONFIG}.get(_k[:4], DEC_CONFIG)[_k] = int(_v)
 _SMEM_SET = {}
 
 
