@@ -473,6 +473,28 @@ def test_gpu_selective_scan_cupy_inputs_cached_plan(rng):
         gpu.selective_scan(**{**dev, "u": bad}, **kwd)
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("variant", ["all", "D_z", "mixed", "mixed_grouped", "invariant"])
+def test_gpu_selective_scan_full_blocks(rng, variant):
+    """Blocks of 64 channels (256 threads: the quad kernel's B/C tile copies at fixed places, the benchmark's
+    layout) with the last state: a sequence ending inside a block of 16 steps (L = 1000), one shorter than the
+    copies in flight (L = 40), several B/C tiles (L = 4096 - 4); B or C alone variable."""
+    import cupy as cp
+
+    import refimpl.scan.gpu as gpu
+
+    for L in (1000, 40, 4092):
+        args, kw = selective_inputs(rng, variant, b=2, d=128, L=L, N=16, G=1, dtype=np.float32)
+        want, want_last = ref.selective_scan(**args, **kw, return_last_state=True)
+        dev = {k: cp.asarray(np.asarray(v, dtype=np.float32)) for k, v in args.items()}
+        kwd = {k: (cp.asarray(np.asarray(v, dtype=np.float32)) if isinstance(v, np.ndarray) else v)
+               for k, v in kw.items()}
+        poison_pool(args["u"].nbytes * 4)
+        out, last = gpu.selective_scan(**dev, **kwd, return_last_state=True)
+        assert_close(out, want, op="selective_scan", dtype="float32")
+        assert_close(last, want_last, op="selective_scan", dtype="float32")
+
+
 def test_selective_is_linear_scan_per_state(rng):
     """The selective scan is N linear scans per channel, a_t = exp(Δ_t A), b_t = Δ_t B_t u_t, read out by C."""
     args, kw = selective_inputs(rng, "variable", b=1, d=3, L=50, N=4)

@@ -29,6 +29,20 @@ def _lin_inputs(S, L, xp=np, dtype=np.float32, seed=0):
     return xp.random.uniform(0.9, 1.0, (S, L), dtype=dtype), xp.random.standard_normal((S, L), dtype=dtype)
 
 
+_TRIAD = r"""
+extern "C" __global__ void triad(const float4* __restrict__ a, const float4* __restrict__ b,
+                                 float4* __restrict__ h, long long n4)
+{
+    // h = a + b, one 16-byte vector of each per thread: the traffic of linear_scan (12 B/element) with no scan
+    const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n4) {
+        const float4 x = a[i], y = b[i];
+        h[i] = make_float4(x.x + y.x, x.y + y.y, x.z + y.z, x.w + y.w);
+    }
+}
+"""
+
+
 def _lin_case(impl, S, L, peer=None, note=""):
     n = S * L
 
@@ -58,6 +72,10 @@ def _lin_case(impl, S, L, peer=None, note=""):
         if impl == "cupy.cumsum(gpu)":
             out = cp.empty_like(b)
             return lambda: cp.cumsum(b, axis=-1, out=out)
+        if impl == "triad(gpu)":
+            fn, h = cp.RawKernel(_TRIAD, "triad"), cp.empty_like(b)
+            n4 = n // 4  # L is a multiple of 4 in every case here
+            return lambda: fn(((n4 + 255) // 256,), (256,), (a, b, h, np.int64(n4)))
         import torch
 
         tb = torch.as_tensor(b, device="cuda")
@@ -150,6 +168,17 @@ extern "C" __global__ void ex2_floor(float* out, long long per_thread)
 #: 0.289 / 0.303 with the 128 / 256 B hint). Host time of one call (b2b excluded): 23-25 us, of which 11 in
 #: _SelectivePlan.launch (10 pointers, launch_words' two ctypes arrays, cuLaunchKernel), 3 in the ready
 #: checks, 2 the plan key, 2.4 cp.empty.
+#: Second round (2026-11-22, H100, 3 processes; single / back to back, ms; floor 0.182-0.183): the kernel with
+#: less integer work (pointers advanced per block, fixed B/C tile copies for 256 threads, 32-bit steps, dt/du
+#: stores conflict-free) and QPFB 128, QPF 6: 0.287-0.288 / 0.270 against 0.306-0.335 / 0.278-0.280 for the
+#: kernel and host path before, same run (1.58x the floor single; benchmarks.run in two later processes of the
+#: same machine: 0.306, 0.313). Host time of a call 17-20 us (30-38 before, same run; 37-40 against 70 on a
+#: slower host): the launch's ctypes block built once per plan (_gpu.packed_launcher; 4.4 us of it is
+#: cuLaunchKernel itself; through ctypes instead of CuPy's launchKernel no cheaper), the plan's settings
+#: compared rather than hashed into the key, CuPy's own contiguity flag. Kernel alone: QPFB 0 / 256 0.275 /
+#: 0.273; QPF 8 0.271; see the comment of selective_quad for the diagnostics and what was slower. The
+#: committed run (final code, a fresh process): 0.284 ms single (1.55x), 0.269 back to back (1.47x); right after
+#: the whole GPU test suite in the same machine session 0.293 / 0.271.
 def _sel_case(impl, b, d, L, N, peer=None, note=""):
     n = b * d * L
     nbytes = n * 4 * 4 + 2 * b * N * L * 4 + d * (N + 2) * 4  # u, delta, z in, out; B, C; A, D, bias
@@ -209,7 +238,8 @@ def cases(quick):
         sel_gpu, sel_cpu = (2, 4096, 4096, 16), (1, 128, 1024, 16)
     for S, L in gpu_shapes:
         out += [_lin_case("gpu", S, L, peer="torch.cumsum(gpu)"), _lin_case("torch.cumsum(gpu)", S, L),
-                _lin_case("cupy.cumsum(gpu)", S, L)]
+                _lin_case("cupy.cumsum(gpu)", S, L),
+                _lin_case("triad(gpu)", S, L, note="h = a + b: the same 12 B/element streamed with no scan")]
     out += [_lin_case("numpy", *cpu_long, note="float64 reference: the sequential loop"),
             _lin_case("cpu", *cpu_long, peer="scipy.lfilter"),
             _lin_case("scipy.lfilter", *cpu_long, note="constant a (lfilter's model)"),
@@ -238,9 +268,12 @@ def summary(path):
             gbs = r["bytes"] / r["ms"] / 1e6
             t = by.get(("linear_scan", key(r), "torch.cumsum(gpu)"))
             c = by.get(("linear_scan", key(r), "cupy.cumsum(gpu)"))
+            tr = by.get(("linear_scan", key(r), "triad(gpu)"))
             extra = (f"{gbs:.0f} GB/s = {100 * gbs * 1e9 / copy:.1f}% of copy; torch.cumsum {t['ms']:.3f} ms "
                      f"({t['ms'] / r['ms']:.2f}x), cupy.cumsum {c['ms']:.3f} ms ({c['ms'] / r['ms']:.2f}x)"
                      if t and c else f"{gbs:.0f} GB/s")
+            if tr:
+                extra += f"; triad {tr['ms']:.3f} ms ({100 * tr['bytes'] / tr['ms'] * 1e3 / copy:.1f}% of copy)"
         if r["op"] == "selective_scan" and r["impl"] == "gpu":
             f = by.get(("selective_scan", key(r), "exp-floor(gpu)"))
             floor = max(r["ceiling_ms"] or 0, f["ms"] if f else 0)
@@ -289,6 +322,14 @@ def summary(path):
 #: 80.9-85.4 / 86.8-86.9 (101.7-102.2); (128, 16, 3) 85.9-86.5 / 88.1-88.6 (102.5-102.6), kept: tiles of
 #: 8192, half as many to wait on; (256, 8, 3) 82.7-83.3 / 84.8-85.0; (256, 4, 3) 67.0-67.5 / 69.2-69.3;
 #: (64, 16, 6) 70.5-71.2 / 72.1-72.9; windows of 16 83.9-84.1 / 86.0.
+#: Later that day, the 12-byte ceiling (triad: h = a + b, no scan): one 16-byte vector of a and b per thread
+#: 99.7-103 % of copy at both shapes; with streaming loads/stores 98.5-99.8; two vectors per thread 97.3-99.0;
+#: grid-stride x4 with 8 / 16 blocks per SM 92.6-94.9; CuPy's a + b 83.5-84.1. torch.cumsum at 1 x 2^28:
+#: 1.030-1.031 ms against 1.065-1.084 for the triad, so no kernel that moves a, b and h (12 B/element) can
+#: be faster there; at 4096 x 65536 torch.cumsum takes 1.31-1.33 ms. The launch through a parameter block
+#: built once (_gpu.packed_launcher; pointers first in the kernel's arguments): host time per call 31-45 us
+#: (the machine's host speed varies more than that). Final code: 1 x 2^28 at 86 % single, 1.240 ms (88.2 %)
+#: back to back; 4096 x 65536 96 %; right after the whole GPU test suite in one machine session, 81 / 99.
 LINEAR_VARIANTS = [dict(THREADS=128, J=16, MINB=3), dict(THREADS=128, J=8, MINB=6),
                    dict(THREADS=128, J=16, MINB=3, WINDOW=128), dict(THREADS=128, J=16, MINB=3, EARLY=0),
                    dict(THREADS=128, J=16, MINB=3, BACKOFF=0), dict(THREADS=256, J=8, MINB=3),

@@ -450,7 +450,16 @@ __device__ __forceinline__ void decode_split(
 // 32K: 55.8 vs 58.6 us without PDL; the merge waits 0.6 us after the last piece instead of 3.3).
 // DEC_TC_MERGE = 1 merges in the last block instead, as decode_split does: on the H100 that made the whole
 // launch 15-20% slower than the same kernel without the merge (b8 32K 415 vs 362 us), far more than the
-// merge's own work; not explained.
+// merge's own work; not explained. Re-measured in one process (H100, copy 2970 GB/s) with a one-pass merge
+// of 16 pieces and the same key-loop SASS: b1 32K 56.8 vs 53.3 us, b8 385 vs 354, b1 128K 196 vs 182, and
+// with the math off as well (55.8 vs 51.7 us at b1 32K), so the streaming itself slows down. In the trace,
+// blocks stop streaming between 35 and 49 us, where without the merge they stop between 40 and 45. The last
+// block's fence + atomic + fence took 1.2 us, so even its tail was longer than the PDL merge's: 2.8 us after
+// the last piece, against 1.9.
+// b1 32K (the GQA 32/8 decode goal), traced on the H100 without the fused merge: the blocks stop streaming at
+// 40.1 / 43.1 / 44.5 us (min / median / max), which is 134 MB at about 3.0-3.1 TB/s. The warps' combine into a
+// piece takes about 1.0 us in every block, the last piece is written at 46.2 us and the merge is done at
+// 48.1 us. The event-timed call is 53.1-53.7 us, so about 5 us lie outside the kernels.
 #ifndef DEC_TC_WARPS
 #define DEC_TC_WARPS 8
 #endif

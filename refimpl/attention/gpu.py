@@ -63,6 +63,8 @@ DEC_CONFIG = {"DEC_UNROLL": 4, "DEC_STAGES": 4, "DEC_BLOCKS_PER_SM": 0, "DEC_FEW
 # not compile-time macros: the split rule, and DEC_TC (1: float16 groups of <= 8 rows take decode_tc).
 # DEC_TC_MERGE 0: decode_tc's pieces are merged by a second launch; the fused last-block merge (1) made the
 # whole decode 15-20% slower on the H100 (b8 32K 415 vs 362 us with the merge skipped; cause not found).
+# Re-measured with a one-pass merge: 6-9% slower, and with the math off too, so the streaming slows
+# (flash_decode.cu).
 # DEC_PDL 1: decode_merge is launched with programmatic dependent launch (cuLaunchKernelEx), so that its blocks
 # are resident and waiting when decode_tc ends, instead of a kernel boundary and a launch (H100: b1 32K 55.8 vs
 # 58.6 us, measured in one process).
@@ -353,7 +355,9 @@ def _graph_launch(launch):
     """``launch()`` captured once into a CUDA graph (on a private stream) and replayed on the current stream:
     one submission for both kernels, with the PDL edge between them kept. On the H100 machine a call costs 1.7
     us of host time instead of 10.7, and the GPU waits that much less for it (b1 32K 53.2 vs 55.2 us, one
-    process). None where capture fails (the caller keeps the plain launches)."""
+    process). CuPy's ``Graph.launch`` costs 1.6-1.7 us of host time a call, and ``cuGraphLaunch`` through
+    ctypes costs 1.9 us, with the same event time (measured in one process), so CuPy's is kept. None where
+    capture fails (the caller keeps the plain launches)."""
     try:
         s = cp.cuda.Stream(non_blocking=True)
         with s:

@@ -10,7 +10,8 @@ the current device. Kernels:
   run. Its entries are single 8-byte words (no flags, no fences). 64-bit offsets.
 - ``selective_scan.cu``, three kernels. For N <= 16 (Mamba's default): 4 lanes per (batch, channel), each
   lane four states over the whole sequence, no scan across lanes; y by a two-round shuffle reduce-scatter;
-  u, delta, z streamed through a per-thread cp.async ring in shared memory (QPF blocks of 16 steps ahead),
+  u, delta, z streamed through a per-thread cp.async ring in shared memory (QPF blocks of 16 steps ahead, with
+  an L2 prefetch hint),
   B and C tiles multi-buffered in shared memory (cp.async) for the block's 64 channels (``quad``; the
   earlier 8-lanes-x-2-states kernel ``states`` is kept, tested, selectable). Otherwise: one warp per
   channel, the sequence split across its lanes and joined by a shuffle scan per state. Real A only
@@ -21,6 +22,7 @@ Glossary as in ``refimpl.scan``: a, b, h (..., L), h0 (...); u, delta, z (b, d, 
 
 from __future__ import annotations
 
+import copy
 import functools
 import math
 import pathlib
@@ -63,7 +65,7 @@ def linear_scan(a, b, h0=None, *, check_finite=True):
     a2, b2 = _rows(a, shape, dtype), _rows(b, shape, dtype)
     # no h0: a null pointer, and the kernel starts from 0 (no fill kernel to launch)
     h02 = None if h0 is None else _rows(h0, shape[:-1], dtype)
-    h = cp.empty(shape, dtype=dtype)
+    h = cp.ndarray(shape, dtype=dtype)  # cp.empty without its wrapper: host time counts (see _linear_plan)
     if S:
         _launch_linear(a2, b2, h02, h, S, L, cplx)
     return h
@@ -87,10 +89,10 @@ LINEAR_CONFIG = {"THREADS": 128, "J": 16, "MINB": 3, "BACKOFF": 1, "WINDOW": 32}
 
 @functools.lru_cache(maxsize=256)
 def _linear_plan(S, L, cplx, aligned, config, device_id):
-    """What a launch of linear_scan.cu needs for one shape, worked out once: (kernel, grid, threads, shared
-    memory bytes, the four 64-bit sizes, the word counts of the look-back's three arrays). Host time counts
-    here: a call's single-launch timing sees the GPU idle until the launch (about 0.1 ms of Python before
-    this cache and the launch through ``_gpu.launch_words``; 25-40 us after, on the H100 machine)."""
+    """What a launch of linear_scan.cu needs for one shape, worked out once: (the launcher, which takes the
+    seven pointers, the word counts of the look-back's three arrays). Host time counts here: a call's
+    single-launch timing sees the GPU idle until the launch (about 0.1 ms of Python before this cache; 25-40
+    us after it with a ctypes block built per launch, on the H100 machine, of which the launch was 24)."""
     cfg = dict(config)
     threads, J = cfg["THREADS"], cfg["J"]
     per = 2 if cplx else 4  # elements per 16-byte load
@@ -110,22 +112,21 @@ def _linear_plan(S, L, cplx, aligned, config, device_id):
     fn = _gpu.kernel(_HERE / "linear_scan.cu", name, options=tuple(f"-D{k}={int(v)}" for k, v in config))
     smem = 2 * tile * (8 if cplx else 4)  # a and b of one tile
     _smem_attributes(fn, smem + 1024)  # + the kernel's static shared memory (< 1 KB): it counts against 48 KB too
-    return fn, ntiles, threads, smem, (L, tiles, windows, supers), counts
+    go = _gpu.packed_launcher(fn, ntiles, threads, (0,) * 7 + (L, tiles, windows, supers), shared_mem=smem)
+    return go, counts
 
 
 def _launch_linear(a, b, h0, h, S, L, cplx):
     ptr = [x.data.ptr for x in (a, b, h)]
     aligned = L % (2 if cplx else 4) == 0 and all(p % 16 == 0 for p in ptr)
-    fn, grid, block, smem, sizes, (nt, nw, nx) = _linear_plan(S, L, cplx, aligned,
-                                                              tuple(sorted(LINEAR_CONFIG.items())),
-                                                              cp.cuda.Device().id)
+    go, (nt, nw, nx) = _linear_plan(S, L, cplx, aligned, tuple(sorted(LINEAR_CONFIG.items())),
+                                    cp.cuda.runtime.getDevice())
     # the look-back's published words (tile pairs, window pairs, super-window states), all 0xFF bytes: "not
     # yet written" to the kernel
-    words = cp.empty(nt + nw + nx, dtype=cp.uint64)
+    words = cp.ndarray((nt + nw + nx,), dtype=cp.uint64)
     w = words.data.ptr
     cp.cuda.runtime.memsetAsync(w, 0xFF, words.nbytes, cp.cuda.get_current_stream().ptr)
-    _gpu.launch_words(fn, grid, block, (ptr[0], ptr[1], 0 if h0 is None else h0.data.ptr, ptr[2], *sizes, w,
-                                        w + 8 * nt, w + 8 * (nt + nw)), shared_mem=smem)
+    go([ptr[0], ptr[1], 0 if h0 is None else h0.data.ptr, ptr[2], w, w + 8 * nt, w + 8 * (nt + nw)])
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -150,8 +151,10 @@ QUAD_MAX_CHANNELS = 64
 #: with QPF 2 / 4 / 8: 0.343 / 0.313 / 0.314 ms (QST 128: 0.309); in a later run QV 1 QPF 8: 0.311, QV 2 QPF 4:
 #: 0.370 (QST 128: 0.339). After the straight-line element-wise rewrite (one run, single call / kernel alone):
 #: QST 64 0.298 / 0.282, QST 128 0.296 / 0.279; QL 2: 0.374 / 0.356; QC 2: 0.336 / 0.324 (QST 128 0.326,
-#: QPF 4 0.330, QPF 12 0.357); the previous kernel 0.349 / 0.315 in the same run
-QUAD_CONFIG = {"QV": 1, "QPF": 8, "QST": 128, "QL": 4, "QC": 1}
+#: QPF 4 0.330, QPF 12 0.357); the previous kernel 0.349 / 0.315 in the same run. QPFB: the L2 prefetch size
+#: (bytes; 0 = none) of the u, delta, z copies. After the integer-work rewrite (2026-11-22, kernel alone, same
+#: runs): QPF 8 with QPFB 0 / 128 / 256: 0.276 / 0.269-0.271 / 0.269-0.271; QPF 6: 0.267; QPF 12: 0.272
+QUAD_CONFIG = {"QV": 1, "QPF": 6, "QST": 128, "QL": 4, "QC": 1, "QPFB": 128}
 
 
 def _quad_smem(threads, cpb, bvar, cvar, cfg):
@@ -160,8 +163,9 @@ def _quad_smem(threads, cpb, bvar, cvar, cfg):
     if st % (16 * qv):
         raise ValueError(f"QUAD_CONFIG: QST = {st} must be a multiple of 16*QV = {16 * qv}")
     tiles = -(-pf // (st // (16 * qv))) + 1  # QNT
+    qdp = (16 * qv + 15) // 32 * 32 + 16  # QDP: a channel's dt (or dt*u) row
     return (16 * (pf + 1) * qc * 3 * (4 * qv // ql) * threads + 4 * (bvar + cvar) * tiles * 16 * (st + 4)
-            + 4 * 2 * 2 * cpb * (16 * qv + 4))
+            + 4 * 2 * 2 * cpb * qdp)
 
 
 _SEL_FN = {}  # (name, options) -> (the kernel, the most dynamic shared memory it has been allowed so far)
@@ -203,7 +207,7 @@ def _channels_per_block(dim, groups, choices):
 class _SelectivePlan:
     """A launch of selective_scan.cu for one set of argument shapes and options, worked out once (after the
     shape checks passed): kernel names (16-byte loads or not), grid, block, shared memory and the scalar
-    arguments. A call adds the 10 pointers and launches through ``_gpu.launch_words``. Why: a single call's
+    arguments. A call writes the 10 pointers into the parameter block of a ``_gpu.packed_launcher`` and launches. Why: a single call's
     CUDA-event timing counts the host time before the launch (the GPU waits for it), and CuPy's generic
     call converts all 16 arguments every time (this path is a few microseconds)."""
 
@@ -211,7 +215,7 @@ class _SelectivePlan:
         self.out_shape, self.last_shape = (batch, dim, L), ((batch, dim, N) if return_last_state else None)
         self.vec_ok, self.bvar, self.cvar = L % 4 == 0, bvar, cvar
         self.scalars = (np.int32(dim), np.int64(L), np.int32(N), np.int32(GB), np.int32(GC), np.int32(opts))
-        self.fn, self.grid = {}, None
+        self.fn, self.grid, self.settings = {}, None, None  # fn: the launchers (16-byte loads or not)
         if not (batch and dim and L):
             return
         groups = [g for g, var in ((GB, bvar), (GC, cvar)) if var]
@@ -248,7 +252,7 @@ class _SelectivePlan:
         tail = f"_{'bv' if bvar else 'bi'}_{'cv' if cvar else 'ci'}"
         self.names = {True: f"{prefix}_vec{tail}", False: f"{prefix}{tail}"}
         self.options, self.grid, self.threads, self.smem = options, (grid_x, batch), threads, smem
-        # the scalars as _gpu.launch_words takes them: each in the low bytes of its own 8-byte word
+        # the scalars as _gpu.packed_launcher takes them: each in the low bytes of its own 8-byte word
         self.words = tuple(int(v) & (2**64 - 1 if v.dtype == np.int64 else 2**32 - 1) for v in self.scalars)
 
     def launch(self, arrays):
@@ -256,27 +260,41 @@ class _SelectivePlan:
         p = [x.data.ptr for x in arrays]
         aligned = p[0] | p[1] | p[6] | p[8] | (p[3] if self.bvar else 0) | (p[4] if self.cvar else 0)
         vec = self.vec_ok and not aligned & 15
-        fn = self.fn.get(vec)
-        if fn is None:
-            fn = self.fn[vec] = _selective_fn(self.names[vec], self.options, self.smem)
-        _gpu.launch_words(fn, self.grid, self.threads, (*p, *self.words), shared_mem=self.smem)
+        go = self.fn.get(vec)
+        if go is None:  # the parameter block built once per kernel (16-byte loads or not), pointers written per call
+            fn = _selective_fn(self.names[vec], self.options, self.smem)
+            go = self.fn[vec] = _gpu.packed_launcher(fn, self.grid, self.threads, (0,) * 10 + self.words,
+                                                     shared_mem=self.smem)
+        go(p)
 
 
-_SEL_PLANS = {}  # (shapes, options, configuration, device) -> _SelectivePlan
+_SEL_PLANS = {}  # (shapes, switches, device) -> _SelectivePlan (its .settings: the module settings it was made with)
 _F32 = np.dtype(np.float32)
 _SEL_NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
 
 
+_NDARRAY = cp.ndarray
+# ``flags`` builds a Flags object per access (about 0.3 us; eight arrays per call): read CuPy's own attribute
+# where it has one
+_contiguous = ((lambda x: x._c_contiguous) if hasattr(_NDARRAY, "_c_contiguous")
+               else (lambda x: x.flags.c_contiguous))
+
+
 def _ready(x):
-    """True where ``x`` goes to the kernels as it is: a C-contiguous float32 CuPy array."""
-    return isinstance(x, cp.ndarray) and x.dtype is _F32 and x.flags.c_contiguous
+    """True where ``x`` goes to the kernels as it is: a C-contiguous float32 CuPy array (the exact type: a
+    subclass takes the converting path, which is correct for any input)."""
+    return type(x) is _NDARRAY and x.dtype is _F32 and _contiguous(x)
 
 
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
                    return_last_state=False, *, check_finite=True):
     """GPU twin of ``refimpl.scan.selective_scan`` in float32 (real A; N <= 64). Deterministic."""
     arrays = [u, delta, A, B, C, D, z, delta_bias]
-    ready = all(x is None or _ready(x) for x in arrays)
+    ready = True
+    for x in arrays:  # a loop, not all(...): the single call's timing counts every microsecond before the launch
+        if x is not None and not _ready(x):
+            ready = False
+            break
     if not ready:  # NumPy, other dtypes, strides: to the device, then checked
         arrays = [_gpu.device_array(name, x, complex_ok=name in ("A", "B", "C"))
                   for name, x in zip(_SEL_NAMES, arrays)]
@@ -284,14 +302,19 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
             if x.dtype.kind == "c":
                 raise TypeError(f"{name}: the GPU selective_scan takes real A, B, C (got {x.dtype}); for complex "
                                 f"A use refimpl.scan.cpu.selective_scan or refimpl.scan.selective_scan")
-    # every shape and switch that the checks and the launch depend on, the configuration, the device: calls
-    # with the same key pass the same checks and launch the same way
-    key = (tuple(None if x is None else x.shape for x in arrays), bool(delta_softplus), bool(return_last_state),
-           SELECTIVE_KERNEL, QUAD_MAX_CHANNELS, STATES_MAX_CHANNELS, tuple(SELECTIVE_OPTIONS),
-           tuple(QUAD_CONFIG.items()), cp.cuda.runtime.getDevice())
+    # every shape and switch that the checks and the launch depend on, and the device: calls with the same key
+    # pass the same checks and launch the same way, as long as the module settings the plan was made with
+    # still hold (compared one by one: cheaper than hashing them into the key on every call)
+    key = (tuple([None if x is None else x.shape for x in arrays]), bool(delta_softplus), bool(return_last_state),
+           cp.cuda.runtime.getDevice())
     plan = _SEL_PLANS.get(key)
-    if plan is None:
+    st = None if plan is None else plan.settings
+    if (st is None or st[0] != SELECTIVE_KERNEL or st[1] != QUAD_MAX_CHANNELS or st[2] != STATES_MAX_CHANNELS
+            or st[3] != SELECTIVE_OPTIONS or st[4] != QUAD_CONFIG):
         plan = _selective_plan(arrays, delta_softplus, return_last_state)
+        # copies: a setting changed in place must not match its own plan
+        plan.settings = (SELECTIVE_KERNEL, QUAD_MAX_CHANNELS, STATES_MAX_CHANNELS, copy.copy(SELECTIVE_OPTIONS),
+                         dict(QUAD_CONFIG))
         if len(_SEL_PLANS) >= 256:
             _SEL_PLANS.clear()
         _SEL_PLANS[key] = plan
@@ -302,8 +325,8 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
         arrays = [None if x is None else _f32c(x) for x in arrays]
     # u stands for an absent D, z, bias or last: the kernels touch those only when opts says so
     arrays = [arrays[0] if x is None else x for x in arrays]
-    out = cp.empty(plan.out_shape, dtype=_F32)
-    last = arrays[0] if plan.last_shape is None else cp.empty(plan.last_shape, dtype=_F32)
+    out = _NDARRAY(plan.out_shape, dtype=_F32)  # cp.empty without its wrapper
+    last = arrays[0] if plan.last_shape is None else _NDARRAY(plan.last_shape, dtype=_F32)
     if plan.grid is not None:
         plan.launch((*arrays, out, last))
     elif plan.last_shape is not None:

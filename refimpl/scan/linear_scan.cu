@@ -508,9 +508,10 @@ __device__ __forceinline__ void linear_scan_tile(const T* __restrict__ a, const 
     }
 }
 
+// the pointers first: the launcher rewrites only the leading words of its parameter block per call
 #define ARGS(T)                                                                                              \
-    const T *a, const T *b, const T *h0, T *h, long long L, long long tiles_per_seq, long long windows_per_seq, \
-        long long supers_per_seq, word *tpairs, word *wpairs, word *states
+    const T *a, const T *b, const T *h0, T *h, word *tpairs, word *wpairs, word *states, long long L,         \
+        long long tiles_per_seq, long long windows_per_seq, long long supers_per_seq
 #define PASS a, b, h0, h, L, tiles_per_seq, windows_per_seq, supers_per_seq, tpairs, wpairs, states
 
 extern "C" {

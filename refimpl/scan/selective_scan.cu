@@ -429,17 +429,20 @@ EIGHT(SSKERNEL, selective_states)
 // sequence goes in blocks of QBS = 16*QV steps. The lane's partial sums of y over a block are
 // reduce-scattered over the QL lanes (xor QL/2, ..., 1; each round halves what a lane holds) and leave lane q
 // with the full y of its QE = QBS/QL steps QE*q .. QE*q + QE - 1 of the block, the same steps whose u, delta,
-// z it loads: it forms dt, dt*u (to shared memory, rows padded to QBS + 4 floats: conflict-free 16-byte reads
-// by the channels of a warp), D*u and silu(z), and writes out.
+// z it loads: it forms dt, dt*u (to shared memory, rows of QDP = 16 mod 32 floats: the 2 channels of a
+// quarter-warp write and read 16-byte pieces in distinct bank groups), D*u and silu(z), and writes out.
 // b*d*4 lanes = 1024 warps of 8 channels: 8 per SM, 2 per scheduler, too few to hide latency by switching
 // warps, so the kernel is built to keep each warp busy by itself:
 //   - u, delta, z stream through a per-thread ring of QPF + 1 blocks in shared memory (cp.async, 16 bytes,
-//     zero-filled past L), QPF blocks (QPF*QBS steps) ahead: each thread reads back only what it copied itself,
-//     so cp.async.wait_group alone orders them, no barrier; one group per block;
-//   - the element-wise work of block j + 1 (softplus, silu, dt*u) is done in registers while block j is
-//     scanned, so the compiler can interleave its ALU work with block j's exponentials;
+//     zero-filled past L, with a QPFB-byte L2 prefetch: rows are read 64 bytes at a time, and DRAM serves
+//     longer runs better), QPF blocks (QPF*QBS steps) ahead: each thread reads back only what it copied
+//     itself, so cp.async.wait_group alone orders them, no barrier; one group per block; the copies' addresses
+//     are pointers advanced per block (32-bit step counts: the launcher keeps L < 2^31);
+//   - the element-wise work of block j + 1 (softplus, silu, dt*u) follows block j's outputs, its dt, dt*u go
+//     straight to the other half of the double buffer (no register copies across the loop);
 //   - B and C tiles (16 x QST steps, zero rows past N) arrive by cp.async in the same groups, QNT buffers
-//     deep, shared by the block's channels: one __syncthreads per tile, none per block;
+//     deep, shared by the block's channels: one __syncthreads per tile, none per block; blocks of 2*QST
+//     threads (FULL: 256) make two copies per thread and matrix at places worked out once;
 //   - softplus by MUFU ex2 + lg2, branch-free; silu by ex2 + rcp (.ftz: no range scaling around MUFU);
 //   - the launcher compiles the softplus and z bits of opts in (QOPTS): the element-wise code is one
 //     straight basic block the scheduler can mix with the scan; the end of the sequence is masked only in
@@ -454,17 +457,29 @@ EIGHT(SSKERNEL, selective_states)
 // QC = 2 (two channels per thread, each B/C value read once for both: L1 44%) ran slower, 0.324, with one
 // warp per scheduler left; QL = 2: 0.356. DIAG_NO_EX2 changes nothing (0.278): the exponentials are hidden;
 // DIAG_NO_SCAN (QC = 2) 0.265: the streaming and element-wise part alone is most of the time.
+// 2026-11-22, second round (same runs: the kernel before 0.282-0.284 ms back to back): integer work cut
+// (pointers advanced, FULL tile copies, 32-bit steps, no dt/du register copies: 600 instead of 650 SASS
+// instructions per block executed) 0.276-0.278; + QPFB = 128: 0.269-0.271 (256: 0.269-0.271); + QPF = 6:
+// 0.267. ncu (QPF 8, QPFB 128, 0.269 ms): L1/shared 78% busy, issue slots 56%, no eligible warp 41% of
+// cycles, 2 warps per scheduler; the dt/du stores 2-way bank conflicted (rows of 20 floats: fixed, QDP).
+// Diagnostics (wrong results, timing only), back to back: DIAG_NO_STREAM (every block copies block 0's u,
+// delta, z) 0.268: the streaming costs nothing now; DIAG_NO_BC (B, C from registers) 0.246; DIAG_NO_DT (dt,
+// dt*u from registers) 0.238; DIAG_NO_EX2 0.261; DIAG_NO_SCAN 0.209: the shared-memory reads of the scan
+// (dt, dt*u on the exponentials' critical path; B, C 128 of the ~190 wavefronts per warp and block) set the
+// pace with 2 warps per scheduler. Slower: u, delta, z loaded into registers one or two blocks ahead with a
+// 256-byte L2 prefetch instead of the ring (0.340 / 0.318: the loads' latency shows), QPF 12 (0.272), QST 64
+// (0.293).
 // Blocks may be smaller than a warp (QL * CPB threads, CPB = 1, 2, 4): shuffles and __syncwarp name only
 // present lanes.
 // =========================================================================================================
 
-// The launcher passes QV, QPF, QST, QL and QOPTS (refimpl.scan.gpu.QUAD_CONFIG); the defaults here are its
-// defaults.
+// The launcher passes QV, QPF, QST, QL, QC, QPFB and QOPTS (refimpl.scan.gpu.QUAD_CONFIG); the defaults here are
+// its defaults.
 #ifndef QV
 #define QV 1  // a block is QBS = 16*QV steps
 #endif
 #ifndef QPF
-#define QPF 8  // blocks of u, delta, z in flight ahead of the one scanned
+#define QPF 6  // blocks of u, delta, z in flight ahead of the one scanned
 #endif
 #ifndef QST
 #define QST 128  // steps per B/C tile (a multiple of QBS)
@@ -474,6 +489,9 @@ EIGHT(SSKERNEL, selective_states)
 #endif
 #ifndef QC
 #define QC 1  // channels per thread: 1, or 2 (each B, C value read from shared memory serves both)
+#endif
+#ifndef QPFB
+#define QPFB 128  // L2 prefetch size of the ring's cp.async (.L2::<QPFB>B): 0 (none), 64, 128 or 256
 #endif
 #if defined(QOPTS) && QOPTS >= 0  // opts bits 0 (softplus) and 2 (z) fixed at compile time
 #define QSOFTPLUS ((QOPTS) & 1)
@@ -491,7 +509,8 @@ EIGHT(SSKERNEL, selective_states)
 #define QR (QPF + 1)                     // ring slots per thread: one more than in flight (no overwrite of a
                                          // slot read in the previous block)
 #define QNT ((QPF + QSB - 1) / QSB + 1)  // tile buffers: a tile is copied ceil(QPF/QSB) tiles ahead
-#define QDP (QBS + 4)                    // padded dt/du row of a channel (channels in distinct bank groups)
+#define QDP ((QBS + 15) / 32 * 32 + 16)  // dt/du row of a channel: 16 mod 32 floats, so that the 2 channels of
+                                         // a quarter-warp write and read 16-byte pieces in distinct bank groups
 
 __device__ __forceinline__ float lg2f(float x)
 {
@@ -528,36 +547,41 @@ __device__ __forceinline__ void cp_async_wait_pf()
     asm volatile("cp.async.wait_group %0;" ::"n"(QPF - 1) : "memory");
 }
 
-// a thread's 4 steps t0 .. t0 + 3 of a (batch, dim, L) row into its ring slot: cp.async (zero past L), or
-// plain loads where rows are not 16-byte aligned
-template <bool VEC>
-__device__ __forceinline__ void quad_copy(const float* __restrict__ row, long long t0, long long L, float4* dst)
+// 16 bytes global -> shared (shared-window address s); n = 0 source bytes zero-fills them
+__device__ __forceinline__ void cp_async16s(unsigned s, const void* g, int n)
 {
-    if (VEC) {  // L % 4 == 0: the vector is whole or past the end
-        const bool in = t0 < L;
-        cp_async16(dst, in ? (const void*)(row + t0) : (const void*)row, in);
-    } else {
-        float v[4];
-#pragma unroll
-        for (int e = 0; e < 4; ++e) v[e] = t0 + e < L ? row[t0 + e] : 0.f;
-        *dst = make_float4(v[0], v[1], v[2], v[3]);
-    }
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(s), "l"(g), "r"(n));
+}
+
+// the same for the ring of u, delta, z, with the L2 prefetch-size hint QPFB
+__device__ __forceinline__ void cp_async16_ring(unsigned s, const void* g, int n)
+{
+#if QPFB == 256
+    asm volatile("cp.async.cg.shared.global.L2::256B [%0], [%1], 16, %2;" ::"r"(s), "l"(g), "r"(n));
+#elif QPFB == 128
+    asm volatile("cp.async.cg.shared.global.L2::128B [%0], [%1], 16, %2;" ::"r"(s), "l"(g), "r"(n));
+#elif QPFB == 64
+    asm volatile("cp.async.cg.shared.global.L2::64B [%0], [%1], 16, %2;" ::"r"(s), "l"(g), "r"(n));
+#else
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(s), "l"(g), "r"(n));
+#endif
 }
 
 // the thread's shares of the 16 x QST tile of a variable B or C from step c0 (zero rows past N, zero past L),
-// in the caller's cp.async group: copies c = tid, tid + nt, ... of 16 rows x QST/4 vectors
+// in the caller's cp.async group: copies c = tid, tid + nt, ... of 16 rows x QST/4 vectors (the general path;
+// blocks of 2*QST threads take two fixed copies each, worked out once in selective_quad_impl)
 template <bool VEC>
-__device__ __forceinline__ void quad_tile(const float* __restrict__ M, float* tile, long long c0, long long L,
+__device__ __forceinline__ void quad_tile(const float* __restrict__ M, float* tile, int c0, int L, long long Ll,
                                           int N, int tid, int nt)
 {
     for (int c = tid; c < 4 * QST; c += nt) {
         const int n = c / (QST / 4), e = 4 * (c % (QST / 4));
-        const long long t = c0 + e;
+        const int t = c0 + e;
         float* dst = tile + n * QSTP + e;
-        const float* src = M + (long long)n * L + t;
+        const float* src = M + (long long)n * Ll + t;
         if (VEC) {
             const bool in = n < N && t < L;
-            cp_async16(dst, in ? (const void*)src : (const void*)M, in);
+            cp_async16s((unsigned)__cvta_generic_to_shared(dst), in ? (const void*)src : (const void*)M, in ? 16 : 0);
         } else {
 #pragma unroll
             for (int i = 0; i < 4; ++i) dst[i] = (n < N && t + i < L) ? src[i] : 0.f;
@@ -578,7 +602,9 @@ __device__ __forceinline__ void reduce_half(float (&yp)[QBS], int q, unsigned ma
     }
 }
 
-template <bool VEC, bool BVAR, bool CVAR>
+// FULL: blocks of nt = 2*QST threads (256 for QST = 128), whose B/C tile copies are two per thread at fixed
+// places, so that no index arithmetic is redone per tile
+template <bool VEC, bool BVAR, bool CVAR, bool FULL>
 __device__ __forceinline__ void selective_quad_impl(SARGS)
 {
     extern __shared__ float4 smem4[];
@@ -594,6 +620,7 @@ __device__ __forceinline__ void selective_quad_impl(SARGS)
     const int tid = threadIdx.x, q = tid % QL, c0i = tid / QL * QC;
     const int d0 = blockIdx.x * CPB + c0i, bi = blockIdx.y;
     const long long row0 = ((long long)bi * dim + d0) * L;  // channel c's row at row0 + c*L
+    const int Li = (int)L;                                  // the launcher keeps L < 2^31: steps are ints
     const bool has_last = opts & 16;
     float Dd[QC], bd[QC], a[QC][QS], Bk[QS], Ck[QS];
 #pragma unroll
@@ -616,63 +643,135 @@ __device__ __forceinline__ void selective_quad_impl(SARGS)
     const float* Cg = C;
     if (BVAR) Bg = B + ((long long)bi * GB + (blockIdx.x * CPB) / (dim / GB)) * N * L;
     if (CVAR) Cg = C + ((long long)bi * GC + (blockIdx.x * CPB) / (dim / GC)) * N * L;
-    const int nblk = (int)((L + QBS - 1) / QBS);  // blocks of QBS steps (the launcher keeps L < 2^31)
+    const int nblk = (Li + QBS - 1) / QBS;  // blocks of QBS steps
 
-    // block j's copies (u, delta, z of the thread's QE steps of its channels; with j the first block of a tile,
-    // the thread's share of the tile's B and C) into ring slot s, as one cp.async group; groups past the end
-    // are empty, so that every block commits exactly one and cp.async.wait_group counts blocks
+    // the thread's u, delta, z: channel c's steps t at gu[c*L + t] (t counted from the thread's first step)
+    const float* gu = u + row0 + QE * q;
+    const float* gd = delta + row0 + QE * q;
+    const float* gz = z + row0 + QE * q;
+    // FULL: the thread's two copies of each B/C tile: rows tn and tn + 8, steps te .. te + 3 of the tile
+    const int tn = tid / (QST / 4), te = 4 * (tid % (QST / 4));
+    const unsigned sB = (unsigned)__cvta_generic_to_shared(tB + tn * QSTP + te);
+    const unsigned sC = (unsigned)__cvta_generic_to_shared(tC + tn * QSTP + te);
+    const float* gB = Bg + (long long)tn * L + te;
+    const float* gC = Cg + (long long)tn * L + te;
+    const bool in0 = tn < N, in1 = tn + 8 < N;
+    const unsigned ring_s = (unsigned)__cvta_generic_to_shared(ring + tid);
+    const float *pu = gu, *pd = gd, *pz = gz;  // the ring's next copies (block j's at QBS*j)
+
+    // block j's copies (u, delta, z of the thread's QE steps of its channels into ring slot s; with j the first
+    // block of a tile, the thread's share of the tile's B and C) as one cp.async group; groups past the end are
+    // empty, so that every block commits exactly one and cp.async.wait_group counts blocks
     auto issue = [&](int j, int s) {
         if (j < nblk) {
-            float4* slot = ring + s * QC * 3 * QEV * nt + tid;
-            const long long t0 = (long long)QBS * j + QE * q;
+#ifdef DIAG_NO_STREAM  // timing diagnostic only (wrong results): every block copies block 0's u, delta, z
+            const int t0 = 0;
+#else
+            const int t0 = QBS * j;
+#endif
+            const unsigned slot = ring_s + 16u * (unsigned)(s * QC * 3 * QEV * nt);
 #pragma unroll
             for (int c = 0; c < QC; ++c)
 #pragma unroll
                 for (int v = 0; v < QEV; ++v) {
-                    float4* sc = slot + c * 3 * QEV * nt;
-                    quad_copy<VEC>(u + row0 + c * L, t0 + 4 * v, L, sc + v * nt);
-                    quad_copy<VEC>(delta + row0 + c * L, t0 + 4 * v, L, sc + (QEV + v) * nt);
-                    if (QHASZ) quad_copy<VEC>(z + row0 + c * L, t0 + 4 * v, L, sc + (2 * QEV + v) * nt);
+                    const unsigned sc = slot + 16u * (unsigned)(c * 3 * QEV * nt + v * nt);
+                    const int t = t0 + 4 * v, tq = t + QE * q;
+                    if (VEC) {  // L % 4 == 0: the vector is whole or past the end (0 bytes read, zero-filled)
+                        const int n = tq < Li ? 16 : 0;
+                        cp_async16_ring(sc, pu + c * L + 4 * v, n);
+                        cp_async16_ring(sc + 16u * QEV * nt, pd + c * L + 4 * v, n);
+                        if (QHASZ) cp_async16_ring(sc + 32u * QEV * nt, pz + c * L + 4 * v, n);
+                    } else {
+                        float4* dst = ring + (s * QC * 3 + c * 3) * QEV * nt + v * nt + tid;
+                        const float* srcs[3] = {gu + c * L + t, gd + c * L + t, gz + c * L + t};
+#pragma unroll
+                        for (int r = 0; r < 3; ++r) {
+                            if (r == 2 && !QHASZ) break;
+                            float w[4];
+#pragma unroll
+                            for (int e = 0; e < 4; ++e) w[e] = tq + e < Li ? srcs[r][e] : 0.f;
+                            dst[r * QEV * nt] = make_float4(w[0], w[1], w[2], w[3]);
+                        }
+                    }
                 }
+#ifndef DIAG_NO_STREAM
+            pu += QBS; pd += QBS; pz += QBS;
+#endif
             if (j % QSB == 0) {
-                const int tb = (j / QSB) % QNT;
-                if (BVAR) quad_tile<VEC>(Bg, tB + tb * 16 * QSTP, (long long)QBS * j, L, N, tid, nt);
-                if (CVAR) quad_tile<VEC>(Cg, tC + tb * 16 * QSTP, (long long)QBS * j, L, N, tid, nt);
+                const int tb = (j / QSB) % QNT, c0 = QBS * j;
+                if (FULL) {  // VEC only
+                    const unsigned so = 4u * (unsigned)(tb * 16 * QSTP), s8 = 4u * 8u * QSTP;
+                    const bool i0 = in0 && c0 + te < Li, i1 = in1 && c0 + te < Li;
+                    if (BVAR) {
+                        cp_async16s(sB + so, i0 ? gB + c0 : Bg, i0 ? 16 : 0);
+                        cp_async16s(sB + so + s8, i1 ? gB + 8 * L + c0 : Bg, i1 ? 16 : 0);
+                    }
+                    if (CVAR) {
+                        cp_async16s(sC + so, i0 ? gC + c0 : Cg, i0 ? 16 : 0);
+                        cp_async16s(sC + so + s8, i1 ? gC + 8 * L + c0 : Cg, i1 ? 16 : 0);
+                    }
+                } else {
+                    if (BVAR) quad_tile<VEC>(Bg, tB + tb * 16 * QSTP, c0, Li, L, N, tid, nt);
+                    if (CVAR) quad_tile<VEC>(Cg, tC + tb * 16 * QSTP, c0, Li, L, N, tid, nt);
+                }
             }
         }
         cp_async_commit();
     };
-    // block j's element-wise terms from ring slot s: dt (0 past L: the identity step), dt*u, D*u, silu(z)
-    auto elementwise = [&](int j, int s, float (&dt)[QC][QE], float (&du)[QC][QE], float (&yD)[QC][QE],
-                           float (&zs)[QC][QE]) {
-        const long long t0 = (long long)QBS * j + QE * q;
+    // block j's u, delta, z from ring slot s, as the thread copied them
+    auto fetch = [&](int s, float4 (&raw)[QC][3][QEV]) {
+#pragma unroll
+        for (int c = 0; c < QC; ++c)
+#pragma unroll
+            for (int r = 0; r < 3; ++r)
+#pragma unroll
+                for (int v = 0; v < QEV; ++v)
+                    raw[c][r][v] = (r == 2 && !QHASZ) ? make_float4(0.f, 0.f, 0.f, 0.f)
+                                                      : ring[((s * QC + c) * 3 + r) * QEV * nt + v * nt + tid];
+    };
+    // block j's element-wise terms: dt (0 past L: the identity step) and dt*u to buffer j & 1 in shared memory
+    // (read by all lanes of the channel), D*u and silu(z) kept for the lane's outputs
+    auto elementwise = [&](int j, const float4 (&raw)[QC][3][QEV], float (&yD)[QC][QE], float (&zs)[QC][QE]) {
+        const int t0 = QBS * j + QE * q;
+        float dt[QC][QE], du[QC][QE];
 #pragma unroll
         for (int c = 0; c < QC; ++c) {
-            const float4* slot = ring + (s * QC + c) * 3 * QEV * nt + tid;
 #pragma unroll
             for (int v = 0; v < QEV; ++v) {
-                const float4 u4 = slot[v * nt], d4 = slot[(QEV + v) * nt];
-                const float4 z4 = QHASZ ? slot[(2 * QEV + v) * nt] : make_float4(0.f, 0.f, 0.f, 0.f);
+                const float4 u4 = raw[c][0][v], d4 = raw[c][1][v], z4 = raw[c][2][v];
                 const float us[4] = {u4.x, u4.y, u4.z, u4.w}, ds[4] = {d4.x, d4.y, d4.z, d4.w};
                 const float zz[4] = {z4.x, z4.y, z4.z, z4.w};
 #pragma unroll
                 for (int e = 0; e < 4; ++e) {
                     const int i = 4 * v + e;
                     float x = QSOFTPLUS ? softplus_f(ds[e] + bd[c]) : ds[e] + bd[c];
-                    if (t0 + QE > L && t0 + i >= L) x = 0.f;  // the last block: steps past L are the identity
+                    // the last block: steps past L are the identity (VEC: a vector is whole or past L)
+                    if (t0 + QE > Li && (VEC ? t0 + 4 * v : t0 + i) >= Li) x = 0.f;
                     dt[c][i] = x;
                     du[c][i] = x * us[e];
                     yD[c][i] = Dd[c] * us[e];
                     zs[c][i] = QHASZ ? silu_f(zz[e]) : 1.f;
                 }
             }
+            const int o = ((j & 1) * CPB + c0i + c) * QDP + QE * q;
+#pragma unroll
+            for (int v = 0; v < QEV; ++v) {
+                const float* a4 = dt[c] + 4 * v;
+                const float* b4 = du[c] + 4 * v;
+                *reinterpret_cast<float4*>(sdt + o + 4 * v) = make_float4(a4[0], a4[1], a4[2], a4[3]);
+                *reinterpret_cast<float4*>(sdu + o + 4 * v) = make_float4(b4[0], b4[1], b4[2], b4[3]);
+            }
         }
     };
 
     for (int j = 0; j < QPF; ++j) issue(j, j);
-    cp_async_wait_pf();  // block 0 is here
-    float dt[QC][QE], du[QC][QE], yD[QC][QE], zs[QC][QE];
-    elementwise(0, 0, dt, du, yD, zs);
+    float yD[QC][QE], zs[QC][QE];
+    {
+        float4 raw[QC][3][QEV];
+        cp_async_wait_pf();  // block 0 is here
+        fetch(0, raw);
+        elementwise(0, raw, yD, zs);
+    }
 
     float h[QC][QS];
 #pragma unroll
@@ -680,36 +779,30 @@ __device__ __forceinline__ void selective_quad_impl(SARGS)
 #pragma unroll
         for (int k = 0; k < QS; ++k) h[c][k] = 0.f;
     int rs = 1, ws = QPF;  // ring slots of block j + 1 (read next) and of block j + QPF (copied next)
+    int boff = q * QSTP;   // block j's steps in the B/C tile buffers: row q of buffer (j / QSB) % QNT, + (j % QSB)*QBS
     for (int j = 0; j < nblk; ++j) {
         // every thread's share of tile j / QSB is here, and tile j / QSB - QNT + 1 (in the buffer that this
         // tile's next copy overwrites) is read by all
         if (j % QSB == 0) __syncthreads();
-        const int buf = (int)(j & 1);
-#pragma unroll
-        for (int c = 0; c < QC; ++c)
-#pragma unroll
-            for (int v = 0; v < QEV; ++v) {
-                const int i = 4 * v, o = (buf * CPB + c0i + c) * QDP + QE * q + i;
-                *reinterpret_cast<float4*>(sdt + o) = make_float4(dt[c][i], dt[c][i + 1], dt[c][i + 2], dt[c][i + 3]);
-                *reinterpret_cast<float4*>(sdu + o) = make_float4(du[c][i], du[c][i + 1], du[c][i + 2], du[c][i + 3]);
-            }
-        __syncwarp(mask);  // block j's dt, du of the channels' lanes are visible; block j - 1's buffer is free
+        __syncwarp(mask);  // block j's dt, du of the channels' lanes are visible; buffer (j + 1) & 1 is free
         issue(j + QPF, ws);
         ws = ws + 1 == QR ? 0 : ws + 1;
+        const bool more = j + 1 < nblk;
+        float4 raw[QC][3][QEV];
         cp_async_wait_pf();  // block j + 1 is here
-        float ndt[QC][QE], ndu[QC][QE], nyD[QC][QE], nzs[QC][QE];
-        elementwise(j + 1 < nblk ? j + 1 : j, rs, ndt, ndu, nyD, nzs);
+        if (more) fetch(rs, raw);
         rs = rs + 1 == QR ? 0 : rs + 1;
 
-        const int tb = (j / QSB) % QNT, off = (j % QSB) * QBS;
-        const float* rB = tB + tb * 16 * QSTP + q * QSTP + off;  // row q; rows q + QL*k at + QL*k*QSTP
-        const float* rC = tC + tb * 16 * QSTP + q * QSTP + off;
+        const float* rB = tB + boff;  // row q; rows q + QL*k at + QL*k*QSTP
+        const float* rC = tC + boff;
+        const float* rdt = sdt + ((j & 1) * CPB + c0i) * QDP;
+        const float* rdu = sdu + ((j & 1) * CPB + c0i) * QDP;
         float yp[QC][QBS];
 #ifdef DIAG_NO_SCAN  // timing diagnostic only (wrong results): the memory traffic and element-wise work alone
 #pragma unroll
         for (int c = 0; c < QC; ++c)
 #pragma unroll
-            for (int i = 0; i < QBS; ++i) yp[c][i] = sdt[(buf * CPB + c0i + c) * QDP + i] + rB[i] + rC[i];
+            for (int i = 0; i < QBS; ++i) yp[c][i] = rdt[c * QDP + i] + rB[i] + rC[i];
 #else
 #pragma unroll
         for (int g = 0; g < QBS / 4; ++g) {
@@ -717,16 +810,24 @@ __device__ __forceinline__ void selective_quad_impl(SARGS)
 #pragma unroll
             for (int k = 0; k < QS; ++k) {
                 float4 b4 = make_float4(Bk[k], Bk[k], Bk[k], Bk[k]), c4 = make_float4(Ck[k], Ck[k], Ck[k], Ck[k]);
+#ifdef DIAG_NO_BC  // timing diagnostic only (wrong results): B, C from registers, no shared-memory reads
+                b4 = make_float4(a[0][k], a[0][k], a[0][k], a[0][k]); c4 = b4;
+#else
                 if (BVAR) b4 = *reinterpret_cast<const float4*>(rB + QL * k * QSTP + 4 * g);
                 if (CVAR) c4 = *reinterpret_cast<const float4*>(rC + QL * k * QSTP + 4 * g);
+#endif
                 bs[k][0] = b4.x; bs[k][1] = b4.y; bs[k][2] = b4.z; bs[k][3] = b4.w;
                 cs[k][0] = c4.x; cs[k][1] = c4.y; cs[k][2] = c4.z; cs[k][3] = c4.w;
             }
 #pragma unroll
             for (int c = 0; c < QC; ++c) {
-                const int o = (buf * CPB + c0i + c) * QDP + 4 * g;
-                const float4 dt4 = *reinterpret_cast<const float4*>(sdt + o);
-                const float4 du4 = *reinterpret_cast<const float4*>(sdu + o);
+#ifdef DIAG_NO_DT  // timing diagnostic only (wrong results): dt, dt*u from registers, no shared-memory reads
+                const float4 dt4 = make_float4(bd[c], Dd[c], bd[c], Dd[c]);
+                const float4 du4 = make_float4(Dd[c], bd[c], Dd[c], bd[c]);
+#else
+                const float4 dt4 = *reinterpret_cast<const float4*>(rdt + c * QDP + 4 * g);
+                const float4 du4 = *reinterpret_cast<const float4*>(rdu + c * QDP + 4 * g);
+#endif
                 const float dts[4] = {dt4.x, dt4.y, dt4.z, dt4.w}, dus[4] = {du4.x, du4.y, du4.z, du4.w};
 #pragma unroll
                 for (int e = 0; e < 4; ++e) {
@@ -745,7 +846,11 @@ __device__ __forceinline__ void selective_quad_impl(SARGS)
             }
         }
 #endif
-        const long long t0 = (long long)QBS * j + QE * q;
+        // the next block's place in the tile buffers: the next row of steps, or the next buffer's row q
+        boff += QBS;
+        if ((j + 1) % QSB == 0) boff = ((j + 1) / QSB) % QNT * 16 * QSTP + q * QSTP;
+
+        const int t0 = QBS * j + QE * q;
 #pragma unroll
         for (int c = 0; c < QC; ++c) {
             // reduce-scatter over the QL lanes: each round (xor S) halves the steps a lane holds; lane q keeps
@@ -754,26 +859,23 @@ __device__ __forceinline__ void selective_quad_impl(SARGS)
             reduce_half<1, QE>(yp[c], q, mask);
 #pragma unroll
             for (int v = 0; v < QEV; ++v) {
-                const long long t = t0 + 4 * v;
+                const int t = t0 + 4 * v;
                 float o[4];
 #pragma unroll
                 for (int e = 0; e < 4; ++e) o[e] = (yp[c][4 * v + e] + yD[c][4 * v + e]) * zs[c][4 * v + e];
                 float* dst = out + row0 + c * L + t;
-                if (VEC && t < L) {
+                if (VEC && t < Li) {
                     __stcs(reinterpret_cast<float4*>(dst), make_float4(o[0], o[1], o[2], o[3]));
-                } else {
+                } else if (!VEC) {
 #pragma unroll
                     for (int e = 0; e < 4; ++e)
-                        if (t + e < L) dst[e] = o[e];
+                        if (t + e < Li) dst[e] = o[e];
                 }
             }
         }
-#pragma unroll
-        for (int c = 0; c < QC; ++c)
-#pragma unroll
-            for (int i = 0; i < QE; ++i) {
-                dt[c][i] = ndt[c][i]; du[c][i] = ndu[c][i]; yD[c][i] = nyD[c][i]; zs[c][i] = nzs[c][i];
-            }
+        // block j + 1's dt, dt*u to buffer (j + 1) & 1 (not after the last block: other lanes may still read
+        // buffer j & 1), its D*u and silu(z) kept
+        if (more) elementwise(j + 1, raw, yD, zs);
     }
     cp_async_wait_all();  // no copy outlives the block
     if (has_last) {
@@ -786,7 +888,13 @@ __device__ __forceinline__ void selective_quad_impl(SARGS)
 }
 
 #define SQKERNEL(name, VEC, BV, CV)                                                                         \
-    __global__ void __launch_bounds__(256, 1) name(SARGS) { selective_quad_impl<VEC, BV, CV>(SPASS); }
+    __global__ void __launch_bounds__(256, 1) name(SARGS)                                                   \
+    {                                                                                                       \
+        if (VEC && (BV || CV) && blockDim.x == 2 * QST)                                                     \
+            selective_quad_impl<VEC, BV, CV, VEC && (BV || CV)>(SPASS);                                     \
+        else                                                                                                \
+            selective_quad_impl<VEC, BV, CV, false>(SPASS);                                                 \
+    }
 
 extern "C" {
 EIGHT(SQKERNEL, selective_quad)
