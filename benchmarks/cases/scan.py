@@ -177,7 +177,7 @@ extern "C" __global__ void ex2_floor(float* out, long long per_thread)
 #: cuLaunchKernel itself; through ctypes instead of CuPy's launchKernel no cheaper), the plan's settings
 #: compared rather than hashed into the key, CuPy's own contiguity flag. Kernel alone: QPFB 0 / 256 0.275 /
 #: 0.273; QPF 8 0.271; see the comment of selective_quad for the diagnostics and what was slower. The
-#: committed run (final code, a fresh process): 0.284 ms single (1.55x), 0.269 back to back (1.47x); right after
+#: committed run (final code, a fresh process): 0.284 ms single (1.56x), 0.269 back to back (1.47x); right after
 #: the whole GPU test suite in the same machine session 0.293 / 0.271.
 def _sel_case(impl, b, d, L, N, peer=None, note=""):
     n = b * d * L
