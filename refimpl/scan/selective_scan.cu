@@ -232,11 +232,15 @@ EIGHT(SKERNEL, selective_scan)
 #define ST 64       // steps per chunk
 #define STP (ST + 4)  // padded tile row
 
+// 16 bytes global -> shared (shared-window address s); n = 0 source bytes zero-fills them
+__device__ __forceinline__ void cp_async16s(unsigned s, const void* g, int n)
+{
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(s), "l"(g), "r"(n));
+}
+// the same from a generic shared pointer; not `in`: zero-filled
 __device__ __forceinline__ void cp_async16(void* smem_ptr, const void* gptr, bool in)
 {
-    const unsigned s = (unsigned)__cvta_generic_to_shared(smem_ptr);
-    const int n = in ? 16 : 0;  // 0 source bytes: the 16 bytes are zero-filled
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(s), "l"(gptr), "r"(n));
+    cp_async16s((unsigned)__cvta_generic_to_shared(smem_ptr), gptr, in ? 16 : 0);
 }
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;"); }
 __device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_group 0;" ::: "memory"); }
@@ -547,13 +551,7 @@ __device__ __forceinline__ void cp_async_wait_pf()
     asm volatile("cp.async.wait_group %0;" ::"n"(QPF - 1) : "memory");
 }
 
-// 16 bytes global -> shared (shared-window address s); n = 0 source bytes zero-fills them
-__device__ __forceinline__ void cp_async16s(unsigned s, const void* g, int n)
-{
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(s), "l"(g), "r"(n));
-}
-
-// the same for the ring of u, delta, z, with the L2 prefetch-size hint QPFB
+// cp_async16s for the ring of u, delta, z, with the L2 prefetch-size hint QPFB
 __device__ __forceinline__ void cp_async16_ring(unsigned s, const void* g, int n)
 {
 #if QPFB == 256
