@@ -71,7 +71,12 @@ def main(argv=None):
             continue
         try:
             fn = case.setup()
-            ms = (core.time_gpu if kind == "gpu" else core.time_cpu)(fn, repeats=case.repeats)
+            if kind == "gpu":
+                timed = core.time_gpu(fn, repeats=case.repeats, detail=True)
+                ms = timed.pop("ms")
+                rec.update(timed)
+            else:
+                ms = core.time_cpu(fn, repeats=case.repeats)
         except Exception as exc:  # a peer that is not installed, an impl that cannot run here
             rec["skipped"] = f"{type(exc).__name__}: {exc}"
             if not isinstance(exc, ImportError):
@@ -107,7 +112,7 @@ def main(argv=None):
 
 
 def print_table(records):
-    head = f"{'op':<22}{'impl':<18}{'dtype':<10}{'shape':<34}{'ms':>10}{'ceil ms':>10}{'% ceil':>8}{'peer':>16}{'x peer':>8}"
+    head = f"{'op':<22}{'impl':<18}{'dtype':<10}{'shape':<34}{'ms':>10}{'ceil ms':>10}{'% ceil':>8}{'peer':>16}{'x peer':>8}{'idle ms':>10}{'host us':>8}"
     print(head)
     print("-" * len(head))
     for r in records:
@@ -119,7 +124,8 @@ def print_table(records):
         pct = f"{100 * cm / r['ms']:.0f}%" if cm else ""
         xp = f"{r['peer_ms'] / r['ms']:.2f}" if r.get("peer_ms") else ""
         print(f"{r['op']:<22}{r['impl']:<18}{r['dtype']:<10}{shape:<34}{r['ms']:>10.3f}"
-              f"{(f'{cm:.3f}' if cm else ''):>10}{pct:>8}{(r['peer'] or ''):>16}{xp:>8}")
+              f"{(f'{cm:.3f}' if cm else ''):>10}{pct:>8}{(r['peer'] or ''):>16}{xp:>8}"
+              + (f"{r['latency_ms']:>10.3f}{1e3 * r['host_ms']:>8.0f}" if "latency_ms" in r else ""))
 
 
 if __name__ == "__main__":
