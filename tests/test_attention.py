@@ -487,6 +487,34 @@ def test_gpu_decode_plan_matches_the_call(rng):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("pdl", [1, 0], ids=["pdl", "no_pdl"])
+def test_gpu_decode_merge_waits_for_its_pieces(pdl, rng, monkeypatch):
+    """decode_tc's merge starts early (PDL) and waits on its group's counter for the pieces. With the workspace
+    poisoned (NaN) before every call and fresh keys on every step, each result matches the reference: no merge
+    read a piece before it was written, and every counter was back at 0 (a stale count would let the next
+    merge start at once, on the poison). Through the plan (a graph) and the call, with and without PDL."""
+    import cupy as cp
+
+    gpu = pytest.importorskip("refimpl.attention.gpu")
+    monkeypatch.setitem(gpu.DEC_CONFIG, "DEC_PDL", pdl)
+    b, h, h_k, d, s_cache, lens = 2, 32, 8, 128, 5000, [5000, 2345]
+    qd = cp.empty((b, 1, h, d), dtype=cp.float16)
+    kc, vc = cp.empty((b, s_cache, h_k, d), dtype=cp.float16), cp.empty((b, s_cache, h_k, d), dtype=cp.float16)
+    run = gpu.plan(qd, kc, vc, cache_seqlens=lens)
+    for step in range(3):
+        q, k, v = qkv(rng, b, 1, s_cache, h, h_k, d=d, dtype="float16")
+        qd[...], kc[...], vc[...] = cp.asarray(q), cp.asarray(k), cp.asarray(v)
+        for name, fn in (("plan", run), ("call", lambda: gpu.attention_with_kvcache(qd, kc, vc, cache_seqlens=lens))):
+            for work, _ in gpu._SCRATCH.values():
+                work.fill(cp.nan)
+            got = fn().get()
+            for r in range(b):
+                want = truth(q[r:r + 1], k[r:r + 1, :lens[r]], v[r:r + 1, :lens[r]], False)[0]
+                assert_close(got[r:r + 1], want, op="attention_with_kvcache", dtype="float16",
+                             name=f"{name} step {step} row {r} pdl {pdl}")
+
+
+@pytest.mark.gpu
 def test_gpu_64bit_offsets(rng):
     """A cache of more than 2^31 elements: row 1 starts past 2^31, which 32-bit offsets would wrap."""
     import cupy as cp

@@ -96,19 +96,13 @@ __device__ __forceinline__ int reduce_scatter(float (&x)[ROWS], int c)
 #define DEC_TC_TRACE 0  // measurement only: 1 records %globaltimer at the stages of decode_tc and decode_merge
 #endif
 
-// Programmatic dependent launch (sm_90): decode_tc lets its merge launch early (launch_dependents), and the
-// merge waits (wait) until decode_tc has finished and its pieces are visible. Both are no-ops in a launch
-// without the attribute (the public call), and below sm_90.
+// Programmatic dependent launch (sm_90): decode_tc lets its merge launch early (launch_dependents); the merge
+// then waits on its group's counter (merge_group), not for the whole grid. A no-op in a launch without the
+// attribute, and below sm_90.
 __device__ __forceinline__ void pdl_launch_dependents()
 {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
-#endif
-}
-__device__ __forceinline__ void pdl_wait()
-{
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("griddepcontrol.wait;\n" ::: "memory");
 #endif
 }
 
@@ -446,8 +440,8 @@ __device__ __forceinline__ void decode_split(
 // are merged in shared memory (reusing the ring) and the block writes its piece like decode_split; then
 // decode_merge (grid (h_k, b), its own launch) merges the pieces (merge_group). That launch is programmatic
 // (PDL, from gpu.py): decode_tc calls launch_dependents at its start, so the merge blocks are resident beside
-// it, waiting in griddepcontrol.wait, and start merging as soon as decode_tc's last block ends (H100, b1
-// 32K: 55.8 vs 58.6 us without PDL; the merge waits 0.6 us after the last piece instead of 3.3).
+// it, waiting on their group's counter, and merge a group as soon as its last piece is written (H100, b1 32K:
+// 55.8 vs 58.6 us without PDL, old timer; the counter instead of griddepcontrol.wait: 51.9 vs 52.5, new timer).
 // DEC_TC_MERGE = 1 merges in the last block instead, as decode_split does: on the H100 that made the whole
 // launch 15-20% slower than the same kernel without the merge (b8 32K 415 vs 362 us), far more than the
 // merge's own work; not explained. Re-measured in one process (H100, copy 2970 GB/s) with a one-pass merge
@@ -455,11 +449,20 @@ __device__ __forceinline__ void decode_split(
 // with the math off as well (55.8 vs 51.7 us at b1 32K), so the streaming itself slows down. In the trace,
 // blocks stop streaming between 35 and 49 us, where without the merge they stop between 40 and 45. The last
 // block's fence + atomic + fence took 1.2 us, so even its tail was longer than the PDL merge's: 2.8 us after
-// the last piece, against 1.9.
+// the last piece, against 1.9. s14, new timer: 59.4 us against 52.5, and 59.2 with one atom.acq_rel.gpu in
+// place of the two __threadfence: the fences are not the cause.
 // b1 32K (the GQA 32/8 decode goal), traced on the H100 without the fused merge: the blocks stop streaming at
 // 40.1 / 43.1 / 44.5 us (min / median / max), which is 134 MB at about 3.0-3.1 TB/s. The warps' combine into a
 // piece takes about 1.0 us in every block, the last piece is written at 46.2 us and the merge is done at
 // 48.1 us. The event-timed call is 53.1-53.7 us, so about 5 us lie outside the kernels.
+// Floors under the device-time timer (benchmarks.core.time_gpu, H100, copy 3012 GB/s, so the 90% line is 49.5
+// us; one process, s14): events alone 1.25 us; a graph of one empty kernel of this grid (128 KB shared) 3.04,
+// with an empty PDL merge 3.86. Pure reads of the same 134 MB: plain 16-byte loads in this layout (16 x 8
+// blocks, 64 KB in flight per SM) 46.2-46.6 us, 47.1 with the empty merge; flat ranges over 128 blocks 46.6,
+// over 132 or 264 blocks 48.5-49.3; TMA 1-D bulk copies of 32 KB 47.0 (128 blocks) to 52 (6 stages); TMA
+// copies of one 256-byte key row each 116. decode_tc with the math off (DEC_TC_PROBE) 50.7, with it 52.5
+// (51.9 with the counter-waiting merge). So a read plus an empty merge leaves 2.4 us under the line for the
+// math, the combine and the merge, which take 4.8 us here; the streaming itself is at the read floor.
 #ifndef DEC_TC_WARPS
 #define DEC_TC_WARPS 8
 #endif
@@ -608,11 +611,17 @@ __device__ __forceinline__ void merge_pieces(const float* __restrict__ work, __h
 // launch. One thread per (row, 4 columns); it loads the lse and the 4 columns of up to 16 pieces at once (one
 // round trip to L2 instead of a pass for the maximum first), then folds them in online, in piece order
 // (deterministic): m' = max(m, max_s lse_s), t = t e^(m - m') + sum_s e^(lse_s - m'), o likewise; out = o / t,
-// lse = m + log t. With PDL its blocks start while decode_tc runs and wait (pdl_wait) for its pieces.
+// lse = m + log t. With PDL its blocks start while decode_tc runs. Thread 0 waits until counters[bi, kvh] (which
+// each decode_tc block of the group increments with release semantics after writing its piece) reaches splits,
+// reads it with acquire semantics, and sets it back to 0 for the next launch; the barrier passes the order on.
+// So each group is merged as soon as its own pieces are written. griddepcontrol.wait, as before, waited for the
+// whole decode_tc grid to end and its writes to be flushed: b1 32K 52.4-52.7 us against 51.9 (H100, new timer,
+// one process). Deadlock-free: PDL starts this grid only after every decode_tc block has begun (they all call
+// launch_dependents first), so the blocks it waits for are resident; without PDL it starts after decode_tc ends.
 template <int D>
 __device__ __forceinline__ void merge_group(const float* __restrict__ work, __half* __restrict__ out,
-                                            float* __restrict__ lse, int b, int s_q, int h, int h_k, int splits,
-                                            int bi, int kvh)
+                                            float* __restrict__ lse, int* __restrict__ counters, int b, int s_q,
+                                            int h, int h_k, int splits, int bi, int kvh)
 {
     constexpr int C4 = D / 4, U = 16;
     const int g = h / h_k, R = s_q * g;
@@ -620,7 +629,17 @@ __device__ __forceinline__ void merge_group(const float* __restrict__ work, __ha
     const float* __restrict__ lse_part = work + (long long)splits * b * s_q * h * D;
     const long long piece = (long long)b * s_q * h;  // rows per piece
     TRACE_MERGE(0, gtime());
-    pdl_wait();
+    if (threadIdx.x == 0) {
+        int* cnt = counters + (long long)bi * h_k + kvh;
+        int c;
+        for (;;) {
+            asm volatile("ld.acquire.gpu.global.s32 %0, [%1];\n" : "=r"(c) : "l"(cnt) : "memory");
+            if (c >= splits) break;
+            __nanosleep(32);
+        }
+        *cnt = 0;
+    }
+    __syncthreads();
     TRACE_MERGE(1, gtime());
     for (int idx = threadIdx.x; idx < R * C4; idx += blockDim.x) {
         const int r = idx / C4, c4 = idx % C4;
@@ -897,6 +916,12 @@ __device__ __forceinline__ void decode_tc_body(
     __shared__ int s_last;
     if (!arrive_last(counters + (long long)bi * gridDim.y + blockIdx.y, gridDim.x, &s_last)) return;
     merge_pieces<D, NW>(work, out, lse, b, s_q, h, h_k, gridDim.x, bi, kvh);
+#else
+    __syncthreads();  // the block's piece is written; thread 0 publishes it (release) to the group's merge block
+    if (tid == 0) {
+        int* cnt = counters + (long long)bi * gridDim.y + blockIdx.y;
+        asm volatile("red.release.gpu.global.add.s32 [%0], 1;\n" ::"l"(cnt) : "memory");
+    }
 #endif
 }
 
@@ -920,10 +945,11 @@ __device__ __forceinline__ void decode_tc_body(
     }
 // the merge of decode_tc's pieces as its own launch: grid (h_k, b), 128 threads, one (b, kv head) group a block
 #define DECODE_MERGE(D)                                                                                     \
-    __global__ void __launch_bounds__(128) decode_merge_d##D(const float* work, __half* out, float* lse, int b, \
-                                                             int s_q, int h, int h_k, int splits)           \
+    __global__ void __launch_bounds__(128) decode_merge_d##D(const float* work, __half* out, float* lse,        \
+                                                             int* counters, int b, int s_q, int h, int h_k,  \
+                                                             int splits)                                     \
     {                                                                                                         \
-        merge_group<D>(work, out, lse, b, s_q, h, h_k, splits, blockIdx.y, blockIdx.x);                       \
+        merge_group<D>(work, out, lse, counters, b, s_q, h, h_k, splits, blockIdx.y, blockIdx.x);             \
     }
 extern "C" {
 DECODE(f16, __half, 64, 1) DECODE(f16, __half, 64, 2) DECODE(f16, __half, 64, 4) DECODE(f16, __half, 64, 8)

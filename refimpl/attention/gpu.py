@@ -16,8 +16,9 @@ Kernels (one grid/block comment at the top of each file):
                      decode (s_q <= 16), for float32, and whenever ``num_splits`` is given.
                      decode_tc (float16, s_q * h / h_k <= 8 rows per group: GQA decode): tensor cores,
                      each warp on its own keys, the merge a second small launch that starts early (PDL) and
-                     waits for the pieces; gpu.plan replays both as a CUDA graph; decode_split (the rest):
-                     CUDA cores, the last block of each group merges (one launch).
+                     waits on a per-group counter for that group's pieces; gpu.plan replays both as a CUDA
+                     graph; decode_split (the rest): CUDA cores, the last block of each group merges (one
+                     launch).
 Both read per-row key counts (``cache_seqlens`` + s_new), share one GQA index (query head hh reads kv head
 hh // (h // h_k)), align the causal mask bottom-right, and index global memory with 64-bit offsets.
 
@@ -63,11 +64,12 @@ DEC_CONFIG = {"DEC_UNROLL": 4, "DEC_STAGES": 4, "DEC_BLOCKS_PER_SM": 0, "DEC_FEW
 # not compile-time macros: the split rule, and DEC_TC (1: float16 groups of <= 8 rows take decode_tc).
 # DEC_TC_MERGE 0: decode_tc's pieces are merged by a second launch; the fused last-block merge (1) made the
 # whole decode 15-20% slower on the H100 (b8 32K 415 vs 362 us with the merge skipped; cause not found).
-# Re-measured with a one-pass merge: 6-9% slower, and with the math off too, so the streaming slows
-# (flash_decode.cu).
+# Re-measured with a one-pass merge: 6-9% slower, and with the math off too, so the streaming slows; with an
+# acq_rel atomic in place of the fences just as slow (flash_decode.cu).
 # DEC_PDL 1: decode_merge is launched with programmatic dependent launch (cuLaunchKernelEx), so that its blocks
 # are resident and waiting when decode_tc ends, instead of a kernel boundary and a launch (H100: b1 32K 55.8 vs
-# 58.6 us, measured in one process).
+# 58.6 us, measured in one process). Each merge block waits on its group's counter, which decode_tc's blocks
+# count up, so it gets ``counters`` too.
 _DEC_SPLIT_KEYS = ("DEC_BLOCKS_PER_SM", "DEC_FEW_GROUPS_PER_SM", "DEC_TC", "DEC_PDL")
 # flash_fwd_sm90.cu's macros (F90_ON 0 turns it off: the flash_fwd.cu path), set like the others through
 # REFIMPL_ATTENTION_CONFIG. F90_STAGES: K/V tiles in flight; F90_SYNC, F90_LATELOAD, F90_PINGPONG: see the .cu
@@ -227,8 +229,9 @@ def _launcher(q, k, v, kv_len, max_len, causal, scale, num_splits):
     # steps: (kernel, grid, threads, dynamic shared bytes, args, launched with PDL)
     steps = [(fn, grid, threads, ring, args, False)]
     if merge is not None:  # decode_tc's pieces merged by a second launch (decode_merge_d*)
-        steps.append((merge, (h_k, b, 1), 128, 0, (work, out, lse, np.int32(b), np.int32(s_q), np.int32(h),
-                                                  np.int32(h_k), np.int32(splits)), bool(DEC_CONFIG["DEC_PDL"])))
+        steps.append((merge, (h_k, b, 1), 128, 0, (work, out, lse, counters, np.int32(b), np.int32(s_q),
+                                                  np.int32(h), np.int32(h_k), np.int32(splits)),
+                      bool(DEC_CONFIG["DEC_PDL"])))
 
     def launch():
         for f, gr, th, sm, ar, pdl in steps:
@@ -445,7 +448,8 @@ _SCRATCH_KEEP = 1 << 24  # floats (64 MiB): larger workspaces are allocated per 
 def _scratch(n_floats, n_counters):
     """(workspace, counters) of the decode kernel, kept per (device, stream) and grown on demand: no allocation
     per call. Launches on one stream run one after another, so they can share them; the counters are zero
-    between launches (the last block of each group sets its counter back to 0)."""
+    between launches (decode_split's last block of each group, or the group's decode_tc merge block, sets its
+    counter back to 0)."""
     key = (cp.cuda.Device().id, cp.cuda.get_current_stream().ptr)
     work, counters = _SCRATCH.get(key, (None, None))
     if counters is None or counters.size < n_counters:
