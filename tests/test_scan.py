@@ -474,17 +474,20 @@ def test_gpu_selective_scan_cupy_inputs_cached_plan(rng):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("qws", [0, 1])
 @pytest.mark.parametrize("variant", ["all", "D_z", "mixed", "mixed_grouped", "invariant"])
-def test_gpu_selective_scan_full_blocks(rng, variant):
+def test_gpu_selective_scan_full_blocks(rng, variant, qws, monkeypatch):
     """Blocks of 64 channels (256 threads: the quad kernel's B/C tile copies at fixed places, the benchmark's
-    layout) with the last state: a sequence ending inside a block of 16 steps (L = 1000), one shorter than the
-    copies in flight (L = 40), several B/C tiles (L = 4096 - 4); B or C alone variable."""
+    layout; qws: the warp-specialised kernel) with the last state: a sequence ending inside a block of 16 steps
+    (L = 1000), one shorter than the copies in flight (L = 40), several B/C tiles (L = 4096 - 4), scalar loads
+    in 2 groups (L = 1001); B or C alone variable."""
     import cupy as cp
 
     import refimpl.scan.gpu as gpu
 
-    for L in (1000, 40, 4092):
-        args, kw = selective_inputs(rng, variant, b=2, d=128, L=L, N=16, G=1, dtype=np.float32)
+    monkeypatch.setitem(gpu.QUAD_CONFIG, "QWS", qws)
+    for L in (1000, 40, 4092, 1001):
+        args, kw = selective_inputs(rng, variant, b=2, d=128, L=L, N=16, G=2 if L % 4 else 1, dtype=np.float32)
         want, want_last = ref.selective_scan(**args, **kw, return_last_state=True)
         dev = {k: cp.asarray(np.asarray(v, dtype=np.float32)) for k, v in args.items()}
         kwd = {k: (cp.asarray(np.asarray(v, dtype=np.float32)) if isinstance(v, np.ndarray) else v)

@@ -179,6 +179,36 @@ extern "C" __global__ void ex2_floor(float* out, long long per_thread)
 #: 0.273; QPF 8 0.271; see the comment of selective_quad for the diagnostics and what was slower. The
 #: committed run (final code, a fresh process): 0.284 ms single (1.56x), 0.269 back to back (1.47x); right after
 #: the whole GPU test suite in the same machine session 0.293 / 0.271.
+#: Third round (2026-11-22, H100, device time as time_gpu gives it now / 20 back to back, ms; the committed
+#: kernel 0.273-0.277 / 0.268-0.273 in each of the same 3 processes; floor 0.179 = bytes / copy, exp 0.133):
+#: nothing beat it, the kernel stayed as it was. Each restructuring moved ptxas's schedule and lost:
+#: block j + 1's dt, dt*u read into registers at the end of block j, the element-wise terms formed at its
+#: top: 0.300 (stored at the end instead: 0.285; QPF 8 0.300); 8 lanes x 2 states x 2 channels (QL 8, QC 2:
+#: 20% fewer B/C + dt/du shared-memory bytes, but 28 shuffles, 64 selects per 16 steps instead of 12, 32):
+#: 0.302, with the dt registers 0.366; block j - 1's reduce-scatter and outputs in block j's basic block:
+#: 0.281-0.282 (QPF 4 0.280, QPF 8 0.287); element-wise terms at the top, stored at the end 0.286 (+ that 0.318);
+#: silu's reciprocal by Newton on the FMA pipe (one MUFU less per step): 0.286; B/C tiles handed over by
+#: mbarriers (cp.async.mbarrier.arrive, no __syncthreads): 0.280-0.282, with QPF 4 0.272 / 0.266 b2b (one
+#: run, 1% under the committed kernel's 0.275-0.276: a lead, not a result). DIAG_NO_DT hoists the
+#: exponentials out of the loop (dt constant), so its 0.238 measured the MUFU work, not the dt reads. ncu
+#: stalls per issued instruction (block j - 1 reduce variant, 0.282 ms): short scoreboard 0.74, wait 0.47,
+#: not selected 0.39, MIO throttle 0.29, dispatch 0.15, barrier 0.12, math pipe throttle 0.06; 2 warps per
+#: scheduler, no eligible warp 45% of cycles. benchmarks.run on the committed kernel: 0.278 ms (1.55x).
+#: Fourth round (2026-11-22, H100, time_gpu device ms / 20 back to back; floor 0.179): a warp-specialised
+#: kernel (selective_qws, now the default for blocks of 64 channels: QUAD_CONFIG QWS 1, QWSS 2). 8 scan warps
+#: (lanes and states as the quad kernel) + 4 producer warps (cp.async ring of u, delta, z, softplus, silu,
+#: D*u, the B/C tiles, the outputs); mbarriers per group of 16 channels (dt, dt*u in, y back), none
+#: block-wide. All variants bitwise equal to the committed kernel. First version (producer lanes on 2 x 32 B
+#: of one row per copy, 2-way conflicted stage stores, D*u and silu(z) through the stage): 0.311-0.319 against
+#: 0.273; producer lanes on 64 B row pieces, conflict-free: 0.284-0.286 against 0.276 (the producers' softplus
+#: and silu on the FMA pipe, one MUFU per element instead of four: 0.294-0.296, slower); the producers writing
+#: out (y back through the stage, D*u and silu(z) kept in registers): 3 stages 0.270-0.273 / 0.265-0.268,
+#: 2 stages 0.261 / 0.255 (1.456x, one run), against 0.273-0.277 / 0.273 for the committed kernel in the same
+#: process; 2 channels per scan thread (4 scan warps, B/C read once for both) 0.287 (2 stages 0.273).
+#: Adopted after a fifth device call (same session): 95 scan GPU tests passed (the 64-channel tests with QWS 0
+#: and 1); in one process, 3 rounds each, the committed quad kernel 0.276-0.277 / 0.273-0.274 against QWS
+#: 0.262-0.264 / 0.258-0.259 (1.46-1.47x); the benchmark run, a fresh process: 0.263 (1.47x; one call from an
+#: idle device, host included, 0.296).
 def _sel_case(impl, b, d, L, N, peer=None, note=""):
     n = b * d * L
     nbytes = n * 4 * 4 + 2 * b * N * L * 4 + d * (N + 2) * 4  # u, delta, z in, out; B, C; A, D, bias

@@ -8,12 +8,14 @@ the current device. Kernels:
   per thread, warp shuffles across lanes and warps) and joins the tiles before it by a two-level decoupled
   look-back whose combination order depends only on the tile's index: bitwise identical results run to
   run. Its entries are single 8-byte words (no flags, no fences). 64-bit offsets.
-- ``selective_scan.cu``, three kernels. For N <= 16 (Mamba's default): 4 lanes per (batch, channel), each
+- ``selective_scan.cu``, four kernels. For N <= 16 (Mamba's default): 4 lanes per (batch, channel), each
   lane four states over the whole sequence, no scan across lanes; y by a two-round shuffle reduce-scatter;
   u, delta, z streamed through a per-thread cp.async ring in shared memory (QPF blocks of 16 steps ahead, with
   an L2 prefetch hint),
   B and C tiles multi-buffered in shared memory (cp.async) for the block's 64 channels (``quad``; the
-  earlier 8-lanes-x-2-states kernel ``states`` is kept, tested, selectable). Otherwise: one warp per
+  earlier 8-lanes-x-2-states kernel ``states`` is kept, tested, selectable). Blocks of 64 channels take its
+  warp-specialised form (``selective_qws``, QUAD_CONFIG QWS): 8 warps only scan, 4 producer warps stream
+  u, delta, z, form dt, dt*u and the outputs, and copy the B/C tiles; mbarriers per 16 channels hand over. Otherwise: one warp per
   channel, the sequence split across its lanes and joined by a shuffle scan per state. Real A only
   (complex A: use ``refimpl.scan.cpu`` or the reference).
 
@@ -154,7 +156,9 @@ QUAD_MAX_CHANNELS = 64
 #: QPF 4 0.330, QPF 12 0.357); the previous kernel 0.349 / 0.315 in the same run. QPFB: the L2 prefetch size
 #: (bytes; 0 = none) of the u, delta, z copies. After the integer-work rewrite (2026-11-22, kernel alone, same
 #: runs): QPF 8 with QPFB 0 / 128 / 256: 0.276 / 0.269-0.271 / 0.269-0.271; QPF 6: 0.267; QPF 12: 0.272
-QUAD_CONFIG = {"QV": 1, "QPF": 6, "QST": 128, "QL": 4, "QC": 1, "QPFB": 128}
+#: QWS 1: blocks of 64 channels (QL 4, QV 1, QC 1) go to selective_qws (warp-specialised: 256/QWC scan threads
+#: of QWC channels each and 4 producer warps, QWSS >= 2 stages of dt, dt*u and y between them)
+QUAD_CONFIG = {"QV": 1, "QPF": 6, "QST": 128, "QL": 4, "QC": 1, "QPFB": 128, "QWS": 1, "QWSS": 2, "QWC": 1}
 
 
 def _quad_smem(threads, cpb, bvar, cvar, cfg):
@@ -166,6 +170,15 @@ def _quad_smem(threads, cpb, bvar, cvar, cfg):
     qdp = (16 * qv + 15) // 32 * 32 + 16  # QDP: a channel's dt (or dt*u) row
     return (16 * (pf + 1) * qc * 3 * (4 * qv // ql) * threads + 4 * (bvar + cvar) * tiles * 16 * (st + 4)
             + 4 * 2 * 2 * cpb * qdp)
+
+
+def _qws_smem(bvar, cvar, cfg):
+    """Bytes of dynamic shared memory of selective_qws: the producers' ring, the B/C tile buffers, the stages."""
+    pf, st, ss = cfg["QPF"], cfg["QST"], cfg["QWSS"]
+    tiles = (pf + ss + st // 16 - 1) // (st // 16) + 1  # QWNT
+    if ss < 2 or cfg["QWC"] not in (1, 2):
+        raise ValueError(f"QUAD_CONFIG: QWSS = {ss} must be at least 2, QWC = {cfg['QWC']} 1 or 2")
+    return 16 * (pf + 1) * 3 * 2 * 128 + 4 * (bvar + cvar) * tiles * 16 * (st + 4) + ss * 3 * 64 * 16 * 4
 
 
 _SEL_FN = {}  # (name, options) -> (the kernel, the most dynamic shared memory it has been allowed so far)
@@ -234,6 +247,8 @@ class _SelectivePlan:
             threads, grid_x = cfg["QL"] * qpb // cfg["QC"], dim // qpb
             smem = _quad_smem(threads, qpb, bvar, cvar, cfg)
             prefix = "selective_quad"
+            if cfg["QWS"] and qpb == 64 and (cfg["QL"], cfg["QV"], cfg["QC"]) == (4, 1, 1):
+                threads, smem, prefix = 256 // cfg["QWC"] + 128, _qws_smem(bvar, cvar, cfg), "selective_qws"
             # the softplus and z bits of opts compiled in (straight-line element-wise code): one module per
             # combination of those two, holding the quad kernels alone (QUAD_ONLY)
             options = (tuple(SELECTIVE_OPTIONS) + tuple(f"-D{k}={int(v)}" for k, v in sorted(cfg.items()))

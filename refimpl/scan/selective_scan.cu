@@ -600,6 +600,18 @@ __device__ __forceinline__ void reduce_half(float (&yp)[QBS], int q, unsigned ma
     }
 }
 
+// last[b, d0 + c, n] = h_n of the lane's states n = q + QL*k of its NC channels (the state after the last step)
+template <int NC>
+__device__ __forceinline__ void write_last(float* __restrict__ last, const float (&h)[NC][QS], int bi, int dim,
+                                           int d0, int q, int N)
+{
+#pragma unroll
+    for (int c = 0; c < NC; ++c)
+#pragma unroll
+        for (int k = 0; k < QS; ++k)
+            if (q + QL * k < N) last[((long long)bi * dim + d0 + c) * N + q + QL * k] = h[c][k];
+}
+
 // FULL: blocks of nt = 2*QST threads (256 for QST = 128), whose B/C tile copies are two per thread at fixed
 // places, so that no index arithmetic is redone per tile
 template <bool VEC, bool BVAR, bool CVAR, bool FULL>
@@ -876,13 +888,7 @@ __device__ __forceinline__ void selective_quad_impl(SARGS)
         if (more) elementwise(j + 1, raw, yD, zs);
     }
     cp_async_wait_all();  // no copy outlives the block
-    if (has_last) {
-#pragma unroll
-        for (int c = 0; c < QC; ++c)
-#pragma unroll
-            for (int k = 0; k < QS; ++k)
-                if (q + QL * k < N) last[((long long)bi * dim + d0 + c) * N + q + QL * k] = h[c][k];
-    }
+    if (has_last) write_last<QC>(last, h, bi, dim, d0, q, N);
 }
 
 #define SQKERNEL(name, VEC, BV, CV)                                                                         \
@@ -897,3 +903,290 @@ __device__ __forceinline__ void selective_quad_impl(SARGS)
 extern "C" {
 EIGHT(SQKERNEL, selective_quad)
 }
+
+// =========================================================================================================
+// selective_qws (QWS = 1): selective_quad with warp specialisation, for blocks of 64 channels (the benchmark's
+// layout; QL = 4, QV = 1, QC = 1 in QUAD_CONFIG). Why: selective_quad keeps 2 warps per scheduler busy with the
+// scan, the stream of u, delta, z, the element-wise terms and the outputs together. Here:
+//   - 256/QWC scan threads (QWC channels each, lane q of a channel owns states q + 4k as in selective_quad) read
+//     dt, dt*u from a stage and B, C from the tiles, scan, reduce-scatter y over the channel's 4 lanes and put
+//     it back into the stage;
+//   - 4 producer warps (128 threads): warp g serves channels 16g .. 16g + 15; lane l owns steps 4(l & 3) .. + 3
+//     of channels 16g + l/4 and 16g + 8 + l/4 (64-byte row pieces per load; 2 channels per quarter-warp in the
+//     stage). It streams u, delta, z through the cp.async ring (QPF blocks ahead), writes dt, dt*u of block j to
+//     stage j % QWSS, keeps D*u and silu(z), and writes block j - 1's out = (y + D*u)*silu(z); it copies its share
+//     of the B/C tiles (QWNT buffers).
+// Hand-over by mbarriers, none block-wide: full[g][s] (the producer warp's 32 lanes: dt, dt*u are in), done[g][s]
+// (the group's scan lanes: dt, dt*u read, y is in), tfull[b] (the 128 producers' tile copies landed; cp.async
+// arrive), tempty[b] (all scan threads are done with the tile). The producer reaches block j only after block
+// j - 2 is done, so QWSS >= 2 stages never overrun.
+// Stage rows are permuted (channel ch at row ch ^ ((ch >> 1) & 1)) so that the 2 channels that a quarter-warp
+// touches (ch, ch + 1 for the producers and QWC = 1; ch, ch + 2 for QWC = 2) sit in distinct bank groups.
+// Measured (H100, b2 d4096 L4096 N16, device time, same process as selective_quad's 0.276-0.277 ms): 0.262-0.264
+// ms with QWSS = 2 (1.46-1.47x the floor of 0.179; 3 stages 0.270-0.273). What moved it was the producers' side:
+// 64-byte row pieces per load (0.313 -> 0.285), the producers writing out (0.271), two stages (0.262). Slower:
+// softplus and silu on the FMA pipe (0.295), QWC = 2 (0.287: B/C read once for 2 channels, but one scan warp
+// per scheduler). The element-wise chain and the outputs off the scan warps is the gain, not more bytes moved.
+// =========================================================================================================
+#if defined(QWS) && QWS
+#ifndef QWSS
+#define QWSS 2  // stages of dt, dt*u (producers -> scan) and y (scan -> producers); at least 2
+#endif
+#ifndef QWC
+#define QWC 1  // channels per scan thread: 1 or 2 (each B, C value read from shared memory serves both)
+#endif
+#define QWNS (256 / QWC)                        // scan threads
+#define QWNT ((QPF + QWSS + QSB - 1) / QSB + 1)  // tile buffers: a tile is copied up to QPF + QWSS blocks ahead
+
+__device__ __forceinline__ void mbar_init(unsigned a, unsigned count)
+{
+    asm volatile("mbarrier.init.shared.b64 [%0], %1;" ::"r"(a), "r"(count) : "memory");
+}
+// arrives once all of the thread's earlier cp.async copies are complete (counted in the barrier's init count)
+__device__ __forceinline__ void mbar_arrive_cp_async(unsigned a)
+{
+    asm volatile("cp.async.mbarrier.arrive.noinc.shared.b64 [%0];" ::"r"(a) : "memory");
+}
+__device__ __forceinline__ void mbar_arrive(unsigned a)
+{
+    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(a) : "memory");
+}
+__device__ __forceinline__ void mbar_wait(unsigned a, unsigned parity)
+{
+    unsigned done;
+    do {
+        asm volatile("{\n\t.reg .pred p;\n\tmbarrier.try_wait.parity.shared.b64 p, [%1], %2;\n\tselp.u32 %0, 1, 0, p;\n\t}"
+                     : "=r"(done) : "r"(a), "r"(parity) : "memory");
+    } while (!done);
+}
+__device__ __forceinline__ int srow(int ch) { return ch ^ ((ch >> 1) & 1); }  // a channel's stage row
+
+template <bool VEC, bool BVAR, bool CVAR>
+__device__ __forceinline__ void selective_qws_impl(SARGS)
+{
+    extern __shared__ float4 smem4[];
+    __shared__ unsigned long long mbar[2 * 4 * QWSS + 2 * QWNT];
+    constexpr int NP = 128, CPB = 64;  // producer threads, channels per block
+    constexpr bool TILES = BVAR || CVAR;
+    float4* ring = smem4;                                            // [QR][3][2][NP]: u, delta, z
+    float* tB = reinterpret_cast<float*>(ring + QR * 3 * 2 * NP);   // [QWNT][16][QSTP]
+    float* tC = tB + (BVAR ? QWNT * 16 * QSTP : 0);                  // [QWNT][16][QSTP]
+    float* stg = tC + (CVAR ? QWNT * 16 * QSTP : 0);                 // [QWSS][3][CPB][16]: dt, dt*u, y
+    const unsigned full_s = (unsigned)__cvta_generic_to_shared(mbar);  // [4][QWSS]
+    const unsigned done_s = full_s + 8u * 4 * QWSS;                    // [4][QWSS]
+    const unsigned tfull_s = done_s + 8u * 4 * QWSS;                   // [QWNT]
+    const unsigned tempty_s = tfull_s + 8u * QWNT;                     // [QWNT]
+    const int tid = threadIdx.x;
+    if (tid == 0) {
+        for (int i = 0; i < 4 * QWSS; ++i) {
+            mbar_init(full_s + 8u * i, 32);
+            mbar_init(done_s + 8u * i, 64 / QWC);
+        }
+        for (int i = 0; i < QWNT; ++i) { mbar_init(tfull_s + 8u * i, NP); mbar_init(tempty_s + 8u * i, QWNS); }
+    }
+    __syncthreads();
+
+    const int bi = blockIdx.y, Li = (int)L;  // the launcher keeps L < 2^31: steps are ints
+    const int nblk = (Li + QBS - 1) / QBS;
+    const float* Bg = B;
+    const float* Cg = C;
+    if (BVAR) Bg = B + ((long long)bi * GB + (blockIdx.x * CPB) / (dim / GB)) * N * L;
+    if (CVAR) Cg = C + ((long long)bi * GC + (blockIdx.x * CPB) / (dim / GC)) * N * L;
+
+    if (tid >= QWNS) {  // ---------------- producer warps ----------------
+        const int p = tid - QWNS, g = p >> 5, l = p & 31, ch = 16 * g + (l >> 2), e4 = 4 * (l & 3);
+        const int d = blockIdx.x * CPB + ch;
+        const long long row = ((long long)bi * dim + d) * L + e4;  // channel ch + 8 at row + 8L
+        float Dd[2], bd[2];
+#pragma unroll
+        for (int v = 0; v < 2; ++v) {
+            Dd[v] = (opts & 2) ? D[d + 8 * v] : 0.f;
+            bd[v] = (opts & 8) ? bias[d + 8 * v] : 0.f;
+        }
+        const int r0 = srow(ch) * 16 + e4, r1 = srow(ch + 8) * 16 + e4;  // the lane's places in a stage row
+        const float *pu = u + row, *pd = delta + row, *pz = z + row;    // the ring's next copies
+        const unsigned ring_s = (unsigned)__cvta_generic_to_shared(ring + p);
+        // block j's u, delta, z (VEC: into ring slot j % QR) and, with j the first block of a tile, the thread's
+        // share of the tile's B and C; one cp.async group per block (empty past the end)
+        auto issue = [&](int j) {
+            if (j < nblk) {
+                if (VEC) {
+                    const unsigned slot = ring_s + 16u * (unsigned)((j % QR) * 3 * 2 * NP);
+                    const int n = QBS * j + e4 < Li ? 16 : 0;
+#pragma unroll
+                    for (int v = 0; v < 2; ++v) {
+                        cp_async16_ring(slot + 16u * v * NP, pu + 8 * v * L, n);
+                        cp_async16_ring(slot + 16u * (2 + v) * NP, pd + 8 * v * L, n);
+                        if (QHASZ) cp_async16_ring(slot + 16u * (4 + v) * NP, pz + 8 * v * L, n);
+                    }
+                    pu += QBS; pd += QBS; pz += QBS;
+                }
+                if (TILES && j % QSB == 0) {
+                    const int t = j / QSB, tb = t % QWNT, c0 = QBS * j;
+                    if (t >= QWNT) mbar_wait(tempty_s + 8u * tb, (t / QWNT - 1) & 1);
+                    if (BVAR) quad_tile<VEC>(Bg, tB + tb * 16 * QSTP, c0, Li, L, N, p, NP);
+                    if (CVAR) quad_tile<VEC>(Cg, tC + tb * 16 * QSTP, c0, Li, L, N, p, NP);
+                    if (VEC) mbar_arrive_cp_async(tfull_s + 8u * tb);
+                    else mbar_arrive(tfull_s + 8u * tb);
+                }
+            }
+            if (VEC) cp_async_commit();
+        };
+        float pyD[8], pzs[8];  // block j - 1's D*u and silu(z)
+        // block jb's outputs (y from the scan warps, D*u and silu(z) of block jb in pyD, pzs)
+        auto finish = [&](int jb) {
+            mbar_wait(done_s + 8u * (g * QWSS + jb % QWSS), (jb / QWSS) & 1);
+            const float* sy = stg + ((jb % QWSS) * 3 + 2) * CPB * 16;
+            const int t = QBS * jb + e4;
+#pragma unroll
+            for (int v = 0; v < 2; ++v) {
+                const float4 y4 = *reinterpret_cast<const float4*>(sy + (v ? r1 : r0));
+                const float o[4] = {(y4.x + pyD[4 * v]) * pzs[4 * v], (y4.y + pyD[4 * v + 1]) * pzs[4 * v + 1],
+                                    (y4.z + pyD[4 * v + 2]) * pzs[4 * v + 2], (y4.w + pyD[4 * v + 3]) * pzs[4 * v + 3]};
+                float* dst = out + row + (long long)QBS * jb + 8 * v * L;
+                if (VEC) {
+                    if (t < Li) __stcs(reinterpret_cast<float4*>(dst), make_float4(o[0], o[1], o[2], o[3]));
+                } else {
+#pragma unroll
+                    for (int e = 0; e < 4; ++e)
+                        if (t + e < Li) dst[e] = o[e];
+                }
+            }
+        };
+        for (int j = 0; j < QPF; ++j) issue(j);
+        for (int j = 0; j < nblk; ++j) {
+            issue(j + QPF);
+            float us[8], ds[8], zz[8];
+            const int t0 = QBS * j + e4;
+            if (VEC) {
+                cp_async_wait_pf();  // block j is here
+                const float4* slot = ring + (j % QR) * 3 * 2 * NP + p;
+#pragma unroll
+                for (int v = 0; v < 2; ++v) {
+                    const float4 a4 = slot[v * NP], b4 = slot[(2 + v) * NP];
+                    const float4 c4 = QHASZ ? slot[(4 + v) * NP] : make_float4(0.f, 0.f, 0.f, 0.f);
+                    us[4 * v] = a4.x; us[4 * v + 1] = a4.y; us[4 * v + 2] = a4.z; us[4 * v + 3] = a4.w;
+                    ds[4 * v] = b4.x; ds[4 * v + 1] = b4.y; ds[4 * v + 2] = b4.z; ds[4 * v + 3] = b4.w;
+                    zz[4 * v] = c4.x; zz[4 * v + 1] = c4.y; zz[4 * v + 2] = c4.z; zz[4 * v + 3] = c4.w;
+                }
+            } else {  // scalar loads straight from global memory (no ring)
+#pragma unroll
+                for (int i = 0; i < 8; ++i) {
+                    const long long o = (long long)QBS * j + 8 * (i >> 2) * L + (i & 3);
+                    const bool in = t0 + (i & 3) < Li;
+                    us[i] = in ? u[row + o] : 0.f;
+                    ds[i] = in ? delta[row + o] : 0.f;
+                    zz[i] = (QHASZ && in) ? z[row + o] : 0.f;
+                }
+            }
+            float dt[8], du[8], yD[8], zs[8];
+#pragma unroll
+            for (int i = 0; i < 8; ++i) {
+                float x = QSOFTPLUS ? softplus_f(ds[i] + bd[i >> 2]) : ds[i] + bd[i >> 2];
+                if (t0 + 4 > Li && t0 + (i & 3) >= Li) x = 0.f;  // the last block: steps past L are the identity
+                dt[i] = x;
+                du[i] = x * us[i];
+                yD[i] = Dd[i >> 2] * us[i];
+                zs[i] = QHASZ ? silu_f(zz[i]) : 1.f;
+            }
+            // stage j % QWSS last held block j - QWSS, whose y this warp read in finish(j - QWSS): its lanes
+            // arrive on full only after that, and the scan lanes write y only after full
+            float* st = stg + (j % QWSS) * 3 * CPB * 16;
+#pragma unroll
+            for (int v = 0; v < 2; ++v) {
+                float* sv = st + (v ? r1 : r0);
+                *reinterpret_cast<float4*>(sv) = make_float4(dt[4 * v], dt[4 * v + 1], dt[4 * v + 2], dt[4 * v + 3]);
+                *reinterpret_cast<float4*>(sv + CPB * 16) =
+                    make_float4(du[4 * v], du[4 * v + 1], du[4 * v + 2], du[4 * v + 3]);
+            }
+            mbar_arrive(full_s + 8u * (g * QWSS + j % QWSS));
+            if (j > 0) finish(j - 1);
+#pragma unroll
+            for (int i = 0; i < 8; ++i) { pyD[i] = yD[i]; pzs[i] = zs[i]; }
+        }
+        if (nblk > 0) finish(nblk - 1);
+        if (VEC) cp_async_wait_all();  // no copy outlives the block
+        return;
+    }
+
+    // ---------------- scan threads: lane q of channels (tid / 4)*QWC + c, c < QWC ----------------
+    const int q = tid & 3, cb = (tid >> 2) * QWC, g = cb >> 4;
+    const int d0 = blockIdx.x * CPB + cb;
+    const bool has_last = opts & 16;
+    float a[QWC][QS], Bk[QWC][QS], Ck[QWC][QS], h[QWC][QS];
+    int so[QWC];  // the channels' stage rows
+#pragma unroll
+    for (int c = 0; c < QWC; ++c) {
+        so[c] = srow(cb + c) * 16;
+#pragma unroll
+        for (int k = 0; k < QS; ++k) {
+            const int n = q + QL * k;
+            a[c][k] = n < N ? A[(long long)(d0 + c) * N + n] * LOG2E : 0.f;
+            Bk[c][k] = (!BVAR && n < N) ? B[(long long)(d0 + c) * N + n] : 0.f;
+            Ck[c][k] = (!CVAR && n < N) ? C[(long long)(d0 + c) * N + n] : 0.f;
+            h[c][k] = 0.f;
+        }
+    }
+    int boff = q * QSTP;  // block j's steps in the tile buffers
+    for (int j = 0; j < nblk; ++j) {
+        const int s = j % QWSS;
+        if (TILES && j % QSB == 0) mbar_wait(tfull_s + 8u * (j / QSB % QWNT), (j / QSB / QWNT) & 1);
+        mbar_wait(full_s + 8u * (g * QWSS + s), (j / QWSS) & 1);
+        float* sg = stg + s * 3 * CPB * 16;  // dt; dt*u at + CPB*16, y at + 2*CPB*16
+        const float* rB = tB + boff;
+        const float* rC = tC + boff;
+        float yp[QWC][QBS];
+#pragma unroll
+        for (int gq = 0; gq < QBS / 4; ++gq) {
+            float bs[QS][4], cs[QS][4];
+            if (BVAR || CVAR) {
+#pragma unroll
+                for (int k = 0; k < QS; ++k) {
+                    float4 b4 = make_float4(0.f, 0.f, 0.f, 0.f), c4 = b4;
+                    if (BVAR) b4 = *reinterpret_cast<const float4*>(rB + QL * k * QSTP + 4 * gq);
+                    if (CVAR) c4 = *reinterpret_cast<const float4*>(rC + QL * k * QSTP + 4 * gq);
+                    bs[k][0] = b4.x; bs[k][1] = b4.y; bs[k][2] = b4.z; bs[k][3] = b4.w;
+                    cs[k][0] = c4.x; cs[k][1] = c4.y; cs[k][2] = c4.z; cs[k][3] = c4.w;
+                }
+            }
+#pragma unroll
+            for (int c = 0; c < QWC; ++c) {
+                const float4 dt4 = *reinterpret_cast<const float4*>(sg + so[c] + 4 * gq);
+                const float4 du4 = *reinterpret_cast<const float4*>(sg + CPB * 16 + so[c] + 4 * gq);
+                const float dts[4] = {dt4.x, dt4.y, dt4.z, dt4.w}, dus[4] = {du4.x, du4.y, du4.z, du4.w};
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    float acc = 0.f;
+#pragma unroll
+                    for (int k = 0; k < QS; ++k) {
+                        const float bv = BVAR ? bs[k][e] : Bk[c][k], cv = CVAR ? cs[k][e] : Ck[c][k];
+                        h[c][k] = fmaf(ex2(dts[e] * a[c][k]), h[c][k], dus[e] * bv);
+                        acc = k == 0 ? cv * h[c][k] : fmaf(cv, h[c][k], acc);
+                    }
+                    yp[c][4 * gq + e] = acc;
+                }
+            }
+        }
+        if (TILES && j % QSB == QSB - 1) mbar_arrive(tempty_s + 8u * (j / QSB % QWNT));  // the tile is read
+        boff += QBS;
+        if ((j + 1) % QSB == 0) boff = ((j + 1) / QSB) % QWNT * 16 * QSTP + q * QSTP;
+#pragma unroll
+        for (int c = 0; c < QWC; ++c) {
+            reduce_half<2, QBS / 2>(yp[c], q, 0xffffffffu);
+            reduce_half<1, QE>(yp[c], q, 0xffffffffu);
+            // y of the lane's QE steps into the stage (its dt, dt*u are read): the producer warp writes out
+            *reinterpret_cast<float4*>(sg + 2 * CPB * 16 + so[c] + QE * q) =
+                make_float4(yp[c][0], yp[c][1], yp[c][2], yp[c][3]);
+        }
+        mbar_arrive(done_s + 8u * (g * QWSS + s));
+    }
+    if (has_last) write_last<QWC>(last, h, bi, dim, d0, q, N);
+}
+
+#define SWKERNEL(name, VEC, BV, CV) \
+    __global__ void __launch_bounds__(QWNS + 128, 1) name(SARGS) { selective_qws_impl<VEC, BV, CV>(SPASS); }
+
+extern "C" {
+EIGHT(SWKERNEL, selective_qws)
+}
+#endif
