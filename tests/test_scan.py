@@ -498,6 +498,30 @@ def test_gpu_selective_scan_full_blocks(rng, variant, qws, monkeypatch):
         assert_close(last, want_last, op="selective_scan", dtype="float32")
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("variant", ["all", "mixed_grouped"])
+def test_gpu_selective_qws_is_bitwise_the_quad_kernel(rng, variant, monkeypatch):
+    """Chapter 4: the warp-specialised kernel (QWS 1) gives bitwise the result of the single-trade one (QWS 0):
+    the same states, sums and order, only the work split between warps differs. Both also match the reference."""
+    import cupy as cp
+
+    import refimpl.scan.gpu as gpu
+
+    for L in (1000, 4092):
+        args, kw = selective_inputs(rng, variant, b=2, d=128, L=L, N=16, G=1, dtype=np.float32)
+        want = ref.selective_scan(**args, **kw)
+        got = {}
+        for qws in (0, 1):
+            monkeypatch.setitem(gpu.QUAD_CONFIG, "QWS", qws)
+            poison_pool(args["u"].nbytes * 4)
+            gpu._SEL_PLANS.clear()
+            got[qws] = gpu.selective_scan(**args, **kw)
+            (plan,) = gpu._SEL_PLANS.values()  # the kernel that ran is the one asked for
+            assert plan.names[L % 4 == 0].startswith(("selective_quad_", "selective_qws_")[qws]), plan.names
+            assert_close(got[qws], want, op="selective_scan", dtype="float32", name=f"QWS {qws} L {L}")
+        assert cp.array_equal(got[0], got[1]), f"L {L}: QWS 1 differs from QWS 0"
+
+
 def test_selective_is_linear_scan_per_state(rng):
     """The selective scan is N linear scans per channel, a_t = exp(Δ_t A), b_t = Δ_t B_t u_t, read out by C."""
     args, kw = selective_inputs(rng, "variable", b=1, d=3, L=50, N=4)
