@@ -487,20 +487,24 @@ def test_gpu_decode_plan_matches_the_call(rng):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("pdl", [1, 0], ids=["pdl", "no_pdl"])
-def test_gpu_decode_merge_waits_for_its_pieces(pdl, rng, monkeypatch):
-    """decode_tc's merge starts early (PDL) and waits on its group's counter for the pieces. With the workspace
-    poisoned (NaN) before every call and fresh keys on every step, each result matches the reference: no merge
-    read a piece before it was written, and every counter was back at 0 (a stale count would let the next
+@pytest.mark.parametrize("pdl,rows", [(1, 1), (0, 1), (1, 0)], ids=["pdl-rows", "no_pdl-rows", "pdl-groups"])
+def test_gpu_decode_merge_waits_for_its_pieces(pdl, rows, rng, monkeypatch):
+    """decode_tc's merge launch (the path without clusters) starts early (PDL) and waits on a counter for the
+    pieces: one merge block and counter per row of a group, or per group. With the workspace poisoned (NaN)
+    before every call and fresh keys on every step, each result matches the reference: no merge read a piece
+    before it was written, and after every call every counter is back at 0 (a stale count would let the next
     merge start at once, on the poison). Through the plan (a graph) and the call, with and without PDL."""
     import cupy as cp
 
     gpu = pytest.importorskip("refimpl.attention.gpu")
     monkeypatch.setitem(gpu.DEC_CONFIG, "DEC_PDL", pdl)
+    monkeypatch.setitem(gpu.DEC_CONFIG, "DEC_ROW_MERGE", rows)
+    monkeypatch.setitem(gpu.DEC_CONFIG, "DEC_TC_CLUSTER", 0)
     b, h, h_k, d, s_cache, lens = 2, 32, 8, 128, 5000, [5000, 2345]
     qd = cp.empty((b, 1, h, d), dtype=cp.float16)
     kc, vc = cp.empty((b, s_cache, h_k, d), dtype=cp.float16), cp.empty((b, s_cache, h_k, d), dtype=cp.float16)
     run = gpu.plan(qd, kc, vc, cache_seqlens=lens)
+    key = (cp.cuda.Device().id, cp.cuda.get_current_stream().ptr)
     for step in range(3):
         q, k, v = qkv(rng, b, 1, s_cache, h, h_k, d=d, dtype="float16")
         qd[...], kc[...], vc[...] = cp.asarray(q), cp.asarray(k), cp.asarray(v)
@@ -511,7 +515,59 @@ def test_gpu_decode_merge_waits_for_its_pieces(pdl, rng, monkeypatch):
             for r in range(b):
                 want = truth(q[r:r + 1], k[r:r + 1, :lens[r]], v[r:r + 1, :lens[r]], False)[0]
                 assert_close(got[r:r + 1], want, op="attention_with_kvcache", dtype="float16",
-                             name=f"{name} step {step} row {r} pdl {pdl}")
+                             name=f"{name} step {step} row {r} pdl {pdl} rows {rows}")
+            assert int(cp.count_nonzero(gpu._SCRATCH[key][1])) == 0, "a counter was left non-zero"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("d", [128, 64])
+def test_gpu_decode_cluster_merge(d, rng):
+    """On compute capability 9.0, decode_tc runs each (batch row, kv head) group as one cluster of its blocks
+    (2 to 16) where the clusters all fit at once, and the leader merges the pieces in its shared memory (no
+    second launch); elsewhere the merge launch does it. Against the reference: GQA and MQA, one and two query
+    rows per group, causal, per-row lengths (rows of one key: most blocks see none), NaN in the cache past every
+    row's length, automatic and forced split counts, the output pool poisoned before every call; repeated calls
+    agree bit for bit, and so do the plan (a graph) and the call. At least four of the cases take the cluster
+    path (asserted); with automatic splits the cluster may be smaller than the split rule's count (the largest
+    that fits), or the merge launch may do it."""
+    import cupy as cp
+
+    gpu = pytest.importorskip("refimpl.attention.gpu")
+    if cp.cuda.Device().compute_capability < "90":
+        pytest.skip("thread-block clusters need compute capability 9.0 (this device has "
+                    f"{cp.cuda.Device().compute_capability})")
+    cases = [(8, 1, 32, 8, [3000, 1, 2999, 17, 1500, 3000, 64, 2048], 0), (1, 1, 32, 8, [6000], 8),
+             (3, 2, 8, 2, [1, 999, 4000], 5), (2, 1, 8, 1, [3000, 3000], 16), (1, 1, 16, 4, [777], 2),
+             (2, 1, 32, 8, [5000, 2345], 0)]
+    took = 0
+    for b, s_q, h, h_k, lens, n in cases:
+        s_cache = max(lens) + 37
+        q, k, v = qkv(rng, b, s_q, s_cache, h, h_k, d=d, dtype="float16")
+        for r in range(b):
+            k[r, lens[r]:] = np.nan
+            v[r, lens[r]:] = np.nan
+        qd, kd, vd = cp.asarray(q), cp.asarray(k), cp.asarray(v)
+        cfg = gpu._decode_config("f16", b, s_q, h, h_k, d, max(lens), n, tuple(sorted(gpu.DEC_CONFIG.items())))
+        took += cfg[-1] > 0
+        assert cfg[-1] in (0, cfg[2])
+        print(f"b{b} h{h}/{h_k} d{d} num_splits {n}: {cfg[2]} splits, cluster {cfg[-1]}")
+        for causal in (False, True):
+            poison_gpu_pool()
+            out, lse = gpu.attention_with_kvcache(qd, kd, vd, cache_seqlens=lens, causal=causal, num_splits=n,
+                                                  return_lse=True, check_finite=False)
+            again = gpu.attention_with_kvcache(qd, kd, vd, cache_seqlens=lens, causal=causal, num_splits=n,
+                                               check_finite=False)
+            run = gpu.plan(qd, kd, vd, cache_seqlens=lens, causal=causal, num_splits=n)
+            run().fill(cp.nan)
+            np.testing.assert_array_equal(again.get(), out.get())
+            np.testing.assert_array_equal(run().get(), out.get())
+            for r in range(b):
+                want, want_lse = truth(q[r:r + 1], k[r:r + 1, :lens[r]], v[r:r + 1, :lens[r]], causal)
+                name = f"b{b} s_q {s_q} h{h}/{h_k} d{d} num_splits {n} (cluster {cfg[-1]}) causal {causal} row {r}"
+                assert_close(out.get()[r:r + 1], want, op="attention_with_kvcache", dtype="float16", name=name)
+                assert_close(lse.get()[r:r + 1], want_lse, op="attention_with_kvcache", dtype="float16",
+                             name="lse " + name)
+    assert took >= 4, f"only {took} of {len(cases)} cases took the cluster path"
 
 
 @pytest.mark.gpu

@@ -3,10 +3,11 @@
 GPU (PERFORMANCE.md): prefill fp16 b1 h32 d128 at L 4096 and 16384 against torch SDPA's TFLOP/s; decode fp16,
 GQA 32/8, d128 at b1 cache 32K, b8 cache 32K and b1 cache 128K against copy bandwidth and SDPA. ``gpu`` times
 the kernel launches of a call whose arguments were checked once (``gpu.plan``; for decode the two launches
-are replayed as one CUDA graph, as a serving loop would; b1 32K stays near 86% of copy: on the H100, device time,
-a graph of an empty kernel of decode's grid takes 3.0 us (3.9 with the merge node) and a pure read of the 134 MB
-in decode's layout 46.2-46.6 us, so a read plus an empty merge (47.1) leaves 2.4 us under the 90% line (49.5 us)
-for the math, the block combine and the merge, which take about 4.8; see flash_decode.cu); ``gpu:api`` times the public
+are replayed as one CUDA graph, as a serving loop would, or as one cluster launch where the clusters fit; b1 32K
+reads at 89-90% of copy: on the H100, device time, a graph of an empty kernel of decode's grid takes 3.0 us (3.9
+with the merge node) and a pure read of the 134 MB in decode's layout 46.2-46.6 us, so a read plus an empty merge
+(47.1) leaves 2.4 us under the 90% line (49.5 us) for the math, the block combine and the merge, which take about
+2.7 since s15 (49.8-50.1 us; 52.7 before); see flash_decode.cu); ``gpu:api`` times the public
 call (``check_finite=False``), whose host-side checks add launch latency; ``gpu:mma.sync`` times the prefill
 fallback kernel flash_fwd.cu (the ``gpu`` prefill on the H100 is flash_fwd_sm90.cu). Causal flops are counted as
 4·b·h·s_q·s_k·d/2 (the masked half is not work); decode bytes are the K and V read once plus q and out.

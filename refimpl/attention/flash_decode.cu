@@ -122,7 +122,7 @@ __device__ __forceinline__ unsigned long long gtime()
     } while (0)
 #define TRACE_MERGE(slot, value)                                                                          \
     do {                                                                                                  \
-        const unsigned lin = blockIdx.x + gridDim.x * blockIdx.y;                                        \
+        const unsigned lin = blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z);             \
         if (threadIdx.x == 0 && lin < 512) dec_trace[6144 + lin * 4 + (slot)] = (value);                 \
     } while (0)
 #else
@@ -135,6 +135,30 @@ __device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool va
     const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(valid ? 16 : 0)
                  : "memory");
+}
+#ifndef DEC_TC_EVICT
+#define DEC_TC_EVICT 1  // 1: decode_tc's reads of K and V are the first lines L2 evicts (see stream_policy)
+#endif
+// The L2 policy of a stream read once: with DEC_TC_EVICT, evict_first, so that the 134 MB of a 32K cache going
+// through the 50 MB L2 do not push out what the kernel reads again (its code: the block combine and the merge
+// run once, at the end, and ran from cold lines; q, the pieces, the counters)
+__device__ __forceinline__ unsigned long long stream_policy()
+{
+    unsigned long long p = 0;
+#if DEC_TC_EVICT
+    asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;\n" : "=l"(p));
+#endif
+    return p;
+}
+__device__ __forceinline__ void cp_async16_hint(void* smem, const void* gmem, bool valid, unsigned long long policy)
+{
+#if DEC_TC_EVICT
+    const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+    asm volatile("cp.async.cg.shared.global.L2::cache_hint [%0], [%1], 16, %2, %3;\n" ::"r"(s), "l"(gmem),
+                 "r"(valid ? 16 : 0), "l"(policy) : "memory");
+#else
+    cp_async16(smem, gmem, valid);
+#endif
 }
 // "memory" clobbers: the compiler must not move shared-memory reads of the ring across a wait
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
@@ -171,7 +195,7 @@ template <typename T, int D, int ROWS>
 __device__ __forceinline__ void decode_split(
     const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v, float* __restrict__ work,
     T* __restrict__ out, float* __restrict__ lse, int* __restrict__ counters, const int* __restrict__ kv_len, int b,
-    int s_q, int h, int h_k, long long kv_batch_stride, int chunk, float scale_log2, int causal)
+    int s_q, int h, int h_k, long long kv_batch_stride, int chunk, float scale_log2, int causal, int len_all)
 {
     // the pieces: o_part (splits, b * s_q * h, D), then lse_part (splits, b * s_q * h), in one workspace
     float* __restrict__ o_part = work;
@@ -194,7 +218,7 @@ __device__ __forceinline__ void decode_split(
     const int g = h / h_k, R = s_q * g;
     const int nrb = (R + ROWS - 1) / ROWS;
     const int split = blockIdx.x, kvh = blockIdx.y / nrb, r_base = (blockIdx.y % nrb) * ROWS, bi = blockIdx.z;
-    const int L = kv_len[bi];
+    const int L = len_all >= 0 ? len_all : kv_len[bi];  // len_all >= 0: every row's length (known to the host)
 
     // this block's rows: query slice in registers (pre-scaled), visible key count
     float qr[ROWS][VEC];
@@ -463,6 +487,18 @@ __device__ __forceinline__ void decode_split(
 // copies of one 256-byte key row each 116. decode_tc with the math off (DEC_TC_PROBE) 50.7, with it 52.5
 // (51.9 with the counter-waiting merge). So a read plus an empty merge leaves 2.4 us under the line for the
 // math, the combine and the merge, which take 4.8 us here; the streaming itself is at the read floor.
+// s15 (H100, device time, one process per comparison). Kept: clusters (decode_tc_cl below) where they fit,
+// evict-first reads of K and V, the row length as an argument (see gpu.py DEC_CONFIG), the warps' results in
+// rows of D + 4 floats (conflict-free). Traced at b1 32K: the blocks start 2.0 us after the previous kernel,
+// the first tiles land at 4.6-6.0, the blocks stop streaming at 40.5 / 42.9 / 44.3 us (min / median / max; per
+// SM the streaming time varies by 0.4-0.5 us and only partly repeats), the last piece is written at 45.8, the
+// merge has it at 46.5 and ends at 48.1; the next kernel can start at 50.0. Tried and dropped: running the
+// code after the key loop once early, so that its instructions are cached (no change: 50.6 against 50.5);
+// a mailbox in which the merge polls the pieces' own words (51.7 against 50.6: 1,024 pollers slow the
+// stream); a merge block per row (51.0 against 50.7); 4 warps of 32-key tiles (51.1), 4 warps of 3 or 4
+// stages (53.0, 51.2); plain launches instead of the graph (level); 12, 14 or 15 splits instead of 16
+// (50.2, 50.0, 49.8 against 49.6); 17 (63.4: a second wave). 8 clusters of 16, 15, 14, 13 or 12 blocks do
+// not fit at once on the H100 (cuOccupancyMaxActiveClusters: 7 of 16; its GPCs have 16 to 18 SMs but one).
 #ifndef DEC_TC_WARPS
 #define DEC_TC_WARPS 8
 #endif
@@ -512,6 +548,36 @@ __device__ __forceinline__ unsigned pack_half2(float lo, float hi)
     __half2 t = __floats2half2_rn(lo, hi);
     return *reinterpret_cast<unsigned*>(&t);
 }
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+// thread-block clusters (sm_90): this block's rank, a shared address in block `rank`'s shared memory, a store
+// there, and the barrier of the whole cluster (writes before it are visible to reads after it)
+__device__ __forceinline__ unsigned cluster_rank()
+{
+    unsigned r;
+    asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(r));
+    return r;
+}
+__device__ __forceinline__ unsigned map_rank(unsigned addr, unsigned rank)
+{
+    unsigned d;
+    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(d) : "r"(addr), "r"(rank));
+    return d;
+}
+__device__ __forceinline__ void st_cluster(unsigned addr, float x)
+{
+    asm volatile("st.shared::cluster.f32 [%0], %1;\n" ::"r"(addr), "f"(x) : "memory");
+}
+__device__ __forceinline__ void cluster_sync()
+{
+    asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;\n" ::: "memory");
+}
+// the split form: arrive early (here: at the start, to say that this block's shared memory exists), wait late
+__device__ __forceinline__ void cluster_arrive()
+{
+    asm volatile("barrier.cluster.arrive.relaxed.aligned;\n" ::: "memory");
+}
+__device__ __forceinline__ void cluster_wait() { asm volatile("barrier.cluster.wait.aligned;\n" ::: "memory"); }
+#endif
 
 // A merged row's 4 columns at 4 c4: out = o / t as fp16 (0 where no key was seen, t = 0) and, from the thread
 // of the first columns, lse = m + log t (-inf without keys) at lse[at]. Both merges end here.
@@ -683,12 +749,12 @@ __device__ __forceinline__ void merge_group(const float* __restrict__ work, __ha
 #endif
 }
 
-template <int D>
+template <int D, bool CL>
 __device__ __forceinline__ void decode_tc_body(
     const __half* __restrict__ q, const __half* __restrict__ k, const __half* __restrict__ v,
     float* __restrict__ work, __half* __restrict__ out, float* __restrict__ lse, int* __restrict__ counters,
     const int* __restrict__ kv_len, int b, int s_q, int h, int h_k, long long kv_batch_stride, int chunk,
-    float scale_log2, int causal)
+    float scale_log2, int causal, int len_all)
 {
     constexpr int NW = DEC_TC_WARPS, NT = 32 * NW, KT = DEC_TC_KT, NS = DEC_TC_STAGES;
     constexpr int KS = 16 * KT;        // keys per warp tile
@@ -715,7 +781,9 @@ __device__ __forceinline__ void decode_tc_body(
 #endif
     // the merge launch (PDL) may start now: its blocks fit beside this one and wait for this grid to end
     pdl_launch_dependents();
-    const int L = kv_len[bi];
+    // len_all >= 0: every batch row has that many keys (the host knows it), so the first tiles need not wait
+    // for a load of kv_len from memory
+    const int L = len_all >= 0 ? len_all : kv_len[bi];
     // keys visible to row r (causal: bottom-right); the last row sees all L, so the block reads up to L
     auto limit_of = [&](int r) {
         if (r >= R) return 0;
@@ -743,6 +811,7 @@ __device__ __forceinline__ void decode_tc_body(
     const __half* kb = k + (long long)bi * kv_batch_stride + (long long)kvh * D;
     const __half* vb = v + (long long)bi * kv_batch_stride + (long long)kvh * D;
     const long long row_stride = (long long)h_k * D;
+    const unsigned long long policy = stream_policy();
     __half* wring = reinterpret_cast<__half*>(ring) + warp * NS * STAGE;
     auto issue = [&](int t) {
         if (t < mine) {
@@ -754,14 +823,17 @@ __device__ __forceinline__ void decode_tc_body(
                 const bool ok = j < j_end;
                 const long long o = ok ? j * row_stride + c * 8 : 0;
                 __half* dst = st + key * D + ((c ^ (key & 7)) * 8);
-                cp_async16(dst, kb + o, ok);
-                cp_async16(dst + KS * D, vb + o, ok);
+                cp_async16_hint(dst, kb + o, ok, policy);
+                cp_async16_hint(dst + KS * D, vb + o, ok, policy);
             }
         }
         cp_async_commit();  // an empty group past the end keeps the wait count uniform
     };
 #pragma unroll
     for (int t = 0; t < NS - 1; ++t) issue(t);
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    if constexpr (CL) cluster_arrive();  // waited for before the first write into another block's memory
+#endif
 
     float acc[DM][4];
 #pragma unroll
@@ -854,6 +926,7 @@ __device__ __forceinline__ void decode_tc_body(
     cp_async_wait<0>();
 #if DEC_TC_TRACE
     TRACE_TC(2, gtime());
+    const long long c_end = clock64();
 #endif
 #pragma unroll
     for (int off = 4; off < 32; off <<= 1) {
@@ -865,18 +938,22 @@ __device__ __forceinline__ void decode_tc_body(
     TRACE_TC(3, gtime());
 #endif
 
-    // the warps' (m, l, O) -> the block's piece: O = sum_w 2^(m_w - M) O_w / sum_w 2^(m_w - M) l_w
-    float* red_o = reinterpret_cast<float*>(ring);  // [NW][8][D]
-    float* red_m = red_o + NW * 8 * D;              // [NW][8]
-    float* red_l = red_m + NW * 8;                  // [NW][8]
+    // the warps' (m, l, O) -> the block's piece: O = sum_w 2^(m_w - M) O_w, l = sum_w 2^(m_w - M) l_w.
+    // In the ring: O [NW][8][DP] (rows padded by 4 floats: the stores of a warp fall in 32 different banks, where
+    // rows of D floats put the 4 lanes of a column in one), m [NW][8], l [NW][8]
+    constexpr int DP = D + 4;
+    float* red_o = reinterpret_cast<float*>(ring);
+    float* red_m = red_o + NW * 8 * DP;
+    float* red_l = red_m + NW * 8;
+    static_assert((NW * 8 * DP + NW * 16) * 4 <= NW * NS * STAGE * 2, "the warps' results fit in the ring");
     {
-        float* o0 = red_o + (warp * 8 + 2 * tig) * D + gid;
+        float* o0 = red_o + (warp * 8 + 2 * tig) * DP + gid;
 #pragma unroll
         for (int dm = 0; dm < DM; ++dm) {
             o0[16 * dm] = acc[dm][0];
-            o0[D + 16 * dm] = acc[dm][1];
+            o0[DP + 16 * dm] = acc[dm][1];
             o0[16 * dm + 8] = acc[dm][2];
-            o0[D + 16 * dm + 8] = acc[dm][3];
+            o0[DP + 16 * dm + 8] = acc[dm][3];
         }
         if (gid == 0) {
             red_m[warp * 8 + 2 * tig] = m0;
@@ -886,6 +963,19 @@ __device__ __forceinline__ void decode_tc_body(
         }
     }
     __syncthreads();
+#if DEC_TC_TRACE
+    TRACE_TC(6, gtime());
+#endif
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    // cluster: the piece (M, l, unnormalized O) goes into slot `rank` of the leader's (rank 0) shared memory,
+    // past its ring, so it may land while the leader still streams
+    unsigned slot_base = 0;
+    const unsigned rank = CL ? cluster_rank() : 0u;
+    if constexpr (CL) {
+        cluster_wait();  // every block of the cluster has started, the leader included
+        slot_base = map_rank(smem_u32(reinterpret_cast<char*>(ring) + NW * NS * STAGE * 2), 0);
+    }
+#endif
     for (int idx = tid; idx < R * D; idx += NT) {
         const int r = idx / D, col = idx % D;
         float M = NEG_INF;
@@ -897,20 +987,67 @@ __device__ __forceinline__ void decode_tc_body(
             for (int w = 0; w < NW; ++w) {
                 const float mw = red_m[w * 8 + r];
                 const float e = mw == NEG_INF ? 0.f : exp2f(mw - M);
-                o = fmaf(e, red_o[(w * 8 + r) * D + col], o);
+                o = fmaf(e, red_o[(w * 8 + r) * DP + col], o);
                 l = fmaf(e, red_l[w * 8 + r], l);
             }
         }
-        const int i = r / g, hh = kvh * g + r % g;
-        const long long orow = (((long long)split * b + bi) * s_q + i) * h + hh;
-        o_part[orow * D + col] = l > 0.f ? o / l : 0.f;
-        if (col == 0) lse_part[orow] = l > 0.f ? (M + log2f(l)) * 0.6931471805599453f : NEG_INF;
+        if constexpr (CL) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+            // slots: o [splits][8][D], then m [splits][8], then l [splits][8]
+            st_cluster(slot_base + 4u * ((rank * 8 + r) * D + col), o);
+            if (col == 0) {
+                st_cluster(slot_base + 4u * (gridDim.x * 8 * D + rank * 8 + r), M);
+                st_cluster(slot_base + 4u * (gridDim.x * 8 * (D + 1) + rank * 8 + r), l);
+            }
+#endif
+        } else {
+            const int i = r / g, hh = kvh * g + r % g;
+            const long long orow = (((long long)split * b + bi) * s_q + i) * h + hh;
+            o_part[orow * D + col] = l > 0.f ? o / l : 0.f;
+            if (col == 0) lse_part[orow] = l > 0.f ? (M + log2f(l)) * 0.6931471805599453f : NEG_INF;
+        }
     }
 #if DEC_TC_TRACE
     __syncthreads();
     TRACE_TC(4, gtime());
+    TRACE_TC(7, clock64() - c_end);
 #endif
 
+    if constexpr (CL) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+        // every piece is in the leader's slots (release / acquire over the cluster barrier); it merges them in
+        // rank order, which is split order (deterministic): out = sum_s 2^(m_s - M) o_s / t,
+        // t = sum_s 2^(m_s - M) l_s, lse = ln 2 (M + log2 t)
+        cluster_sync();
+        if (rank != 0) return;
+        const int splits = gridDim.x;
+        const float* so = reinterpret_cast<const float*>(reinterpret_cast<const char*>(ring) + NW * NS * STAGE * 2);
+        const float* sm = so + splits * 8 * D;
+        const float* sl = sm + splits * 8;
+        constexpr int C4 = D / 4;
+        for (int idx = tid; idx < R * C4; idx += NT) {
+            const int r = idx / C4, c4 = idx % C4;
+            float M = NEG_INF;
+            for (int s2 = 0; s2 < splits; ++s2) M = fmaxf(M, sm[s2 * 8 + r]);
+            float t = 0.f;
+            float4 o = make_float4(0.f, 0.f, 0.f, 0.f);
+            if (M != NEG_INF) {
+                for (int s2 = 0; s2 < splits; ++s2) {
+                    const float ms = sm[s2 * 8 + r];
+                    const float w = ms == NEG_INF ? 0.f : exp2f(ms - M);
+                    const float4 y = *reinterpret_cast<const float4*>(so + (s2 * 8 + r) * D + 4 * c4);
+                    t = fmaf(w, sl[s2 * 8 + r], t);
+                    o.x = fmaf(w, y.x, o.x); o.y = fmaf(w, y.y, o.y);
+                    o.z = fmaf(w, y.z, o.z); o.w = fmaf(w, y.w, o.w);
+                }
+            }
+            const int i = r / g, hh = kvh * g + r % g;
+            const long long orow = ((long long)bi * s_q + i) * h + hh;
+            store_merged<D>(out, lse, orow, c4, o, t, M * 0.6931471805599453f, ((long long)bi * h + hh) * s_q + i);
+        }
+#endif
+        return;
+    }
 #if DEC_TC_MERGE
     // the last block of this (batch row, kv head) merges the pieces
     __shared__ int s_last;
@@ -929,19 +1066,20 @@ __device__ __forceinline__ void decode_tc_body(
 #define DECODE(TNAME, T, D, ROWS)                                                                           \
     __global__ void __launch_bounds__(128) decode_##TNAME##_d##D##_r##ROWS(                                  \
         const T* q, const T* k, const T* v, float* work, T* out, float* lse, int* counters, const int* kv_len, \
-        int b, int s_q, int h, int h_k, long long kv_batch_stride, int chunk, float scale_log2, int causal)  \
+        int b, int s_q, int h, int h_k, long long kv_batch_stride, int chunk, float scale_log2, int causal,  \
+        int len_all)                                                                                          \
     {                                                                                                         \
         decode_split<T, D, ROWS>(q, k, v, work, out, lse, counters, kv_len, b, s_q, h, h_k, kv_batch_stride,  \
-                                 chunk, scale_log2, causal);                                                 \
+                                 chunk, scale_log2, causal, len_all);                                        \
     }
-#define DECODE_TC(D)                                                                                        \
-    __global__ void __launch_bounds__(32 * DEC_TC_WARPS) decode_tc_d##D(                                      \
+#define DECODE_TC(NAME, D, CL)                                                                              \
+    __global__ void __launch_bounds__(32 * DEC_TC_WARPS) NAME(                                                \
         const __half* q, const __half* k, const __half* v, float* work, __half* out, float* lse, int* counters, \
         const int* kv_len, int b, int s_q, int h, int h_k, long long kv_batch_stride, int chunk, float scale_log2, \
-        int causal)                                                                                           \
+        int causal, int len_all)                                                                              \
     {                                                                                                         \
-        decode_tc_body<D>(q, k, v, work, out, lse, counters, kv_len, b, s_q, h, h_k, kv_batch_stride, chunk,  \
-                          scale_log2, causal);                                                               \
+        decode_tc_body<D, CL>(q, k, v, work, out, lse, counters, kv_len, b, s_q, h, h_k, kv_batch_stride,     \
+                              chunk, scale_log2, causal, len_all);                                          \
     }
 // the merge of decode_tc's pieces as its own launch: grid (h_k, b), 128 threads, one (b, kv head) group a block
 #define DECODE_MERGE(D)                                                                                     \
@@ -956,6 +1094,13 @@ DECODE(f16, __half, 64, 1) DECODE(f16, __half, 64, 2) DECODE(f16, __half, 64, 4)
 DECODE(f16, __half, 128, 1) DECODE(f16, __half, 128, 2) DECODE(f16, __half, 128, 4) DECODE(f16, __half, 128, 8)
 DECODE(f32, float, 64, 1) DECODE(f32, float, 64, 2) DECODE(f32, float, 64, 4) DECODE(f32, float, 64, 8)
 DECODE(f32, float, 128, 1) DECODE(f32, float, 128, 2) DECODE(f32, float, 128, 4) DECODE(f32, float, 128, 8)
-DECODE_TC(64) DECODE_TC(128)
+DECODE_TC(decode_tc_d64, 64, false) DECODE_TC(decode_tc_d128, 128, false)
+// decode_tc_cl (sm_90): decode_tc launched as thread-block clusters of gridDim.x = splits blocks, one cluster per
+// (batch row, kv head) group. Each block writes its piece (M, l and the unnormalized O, 8 rows) into slot `rank`
+// past the ring of the leader (rank 0) through distributed shared memory; after the cluster barrier the
+// leader merges the slots in rank order (deterministic) and writes out and lse: one launch, no workspace, no
+// counter. Dynamic shared memory: the ring + splits x 8 x (D + 2) floats. gpu.py uses it only where every
+// cluster of the grid is resident at once (cuOccupancyMaxActiveClusters).
+DECODE_TC(decode_tc_cl_d64, 64, true) DECODE_TC(decode_tc_cl_d128, 128, true)
 DECODE_MERGE(64) DECODE_MERGE(128)
 }

@@ -15,10 +15,13 @@ Kernels (one grid/block comment at the top of each file):
                      of the keys, pieces merged by log-sum-exp in a fixed order (deterministic); used for
                      decode (s_q <= 16), for float32, and whenever ``num_splits`` is given.
                      decode_tc (float16, s_q * h / h_k <= 8 rows per group: GQA decode): tensor cores,
-                     each warp on its own keys, the merge a second small launch that starts early (PDL) and
-                     waits on a per-group counter for that group's pieces; gpu.plan replays both as a CUDA
-                     graph; decode_split (the rest): CUDA cores, the last block of each group merges (one
-                     launch).
+                     each warp on its own keys. On compute capability 9.0, where all of them fit at once,
+                     each group's blocks run as one thread-block cluster and the leader merges the pieces in
+                     its shared memory (decode_tc_cl, one launch: b8 32K); elsewhere the merge is a second
+                     small launch that starts early (PDL) and waits on a per-group counter for that group's
+                     pieces (b1: 8 clusters of 16 blocks do not fit on an H100, 7 do). gpu.plan replays the
+                     launches as a CUDA graph. decode_split (the rest): CUDA cores, the last block of each
+                     group merges (one launch).
 Both read per-row key counts (``cache_seqlens`` + s_new), share one GQA index (query head hh reads kv head
 hh // (h // h_k)), align the causal mask bottom-right, and index global memory with 64-bit offsets.
 
@@ -60,17 +63,24 @@ _LOG2E = 1.4426950408889634
 FWD_CONFIG = {"FWD_WARPS": 8, "FWD_BN": 64, "FWD_MINB": 1, "FWD_QREG": 1, "FWD_FASTEXP": 0, "FWD_DBUF": 0}
 DEC_CONFIG = {"DEC_UNROLL": 4, "DEC_STAGES": 4, "DEC_BLOCKS_PER_SM": 0, "DEC_FEW_GROUPS_PER_SM": 2,
               "DEC_TC": 1, "DEC_TC_WARPS": 8, "DEC_TC_KT": 1, "DEC_TC_STAGES": 2, "DEC_TC_MERGE": 0,
-              "DEC_PDL": 1}
+              "DEC_PDL": 1, "DEC_TC_CLUSTER": 1, "DEC_LEN": 1,
+              "DEC_TC_EVICT": 1}
 # not compile-time macros: the split rule, and DEC_TC (1: float16 groups of <= 8 rows take decode_tc).
 # DEC_TC_MERGE 0: decode_tc's pieces are merged by a second launch; the fused last-block merge (1) made the
 # whole decode 15-20% slower on the H100 (b8 32K 415 vs 362 us with the merge skipped; cause not found).
 # Re-measured with a one-pass merge: 6-9% slower, and with the math off too, so the streaming slows; with an
 # acq_rel atomic in place of the fences just as slow (flash_decode.cu).
+# DEC_TC_CLUSTER 1: decode_tc_cl where the clusters fit (cuOccupancyMaxActiveClusters; H100: b8 32K 346.7-347.3
+# us against 350.3 with the merge launch, one process). DEC_LEN 1: when every row has the same length the host
+# passes it, and the blocks need not load kv_len before their first tiles. DEC_TC_EVICT 1: K and V are read
+# with an L2 evict-first policy. Both: b1 32K 50.5 against 51.3 us, b8 32K 350.9 against 352.3, b1 128K 178.2
+# against 179.3 (H100, one process; macros of flash_decode.cu, see there for what did not help).
 # DEC_PDL 1: decode_merge is launched with programmatic dependent launch (cuLaunchKernelEx), so that its blocks
 # are resident and waiting when decode_tc ends, instead of a kernel boundary and a launch (H100: b1 32K 55.8 vs
 # 58.6 us, measured in one process). Each merge block waits on its group's counter, which decode_tc's blocks
 # count up, so it gets ``counters`` too.
-_DEC_SPLIT_KEYS = ("DEC_BLOCKS_PER_SM", "DEC_FEW_GROUPS_PER_SM", "DEC_TC", "DEC_PDL")
+_DEC_SPLIT_KEYS = ("DEC_BLOCKS_PER_SM", "DEC_FEW_GROUPS_PER_SM", "DEC_TC", "DEC_PDL", "DEC_TC_CLUSTER",
+                   "DEC_LEN")
 # flash_fwd_sm90.cu's macros (F90_ON 0 turns it off: the flash_fwd.cu path), set like the others through
 # REFIMPL_ATTENTION_CONFIG. F90_STAGES: K/V tiles in flight; F90_SYNC, F90_LATELOAD, F90_PINGPONG: see the .cu
 # file (the defaults were the fastest of the variants measured there, on the H100); F90_ORDER: block order,
@@ -196,7 +206,7 @@ def _sm_count():
     return cp.cuda.runtime.getDeviceProperties(cp.cuda.Device().id)["multiProcessorCount"]
 
 
-def _launcher(q, k, v, kv_len, max_len, causal, scale, num_splits):
+def _launcher(q, k, v, kv_len, max_len, causal, scale, num_splits, len_all=None):
     """(launch, out, lse): ``launch()`` runs the kernels that fill out (b, s_q, h, d) in q's dtype and
     lse (b, h, s_q) float32; k, v are contiguous (b, s_cache, h_k, d); workspaces are allocated here."""
     b, s_q, h, d = q.shape
@@ -221,21 +231,25 @@ def _launcher(q, k, v, kv_len, max_len, causal, scale, num_splits):
         args = (q, k, v, out, lse, kv_len, np.int32(s_q), np.int32(h), np.int32(h_k), kv_batch_stride,
                 scale_log2, np.int32(bool(causal)))
         return (lambda: fn(grid, (threads,), args, shared_mem=smem)), out, lse
-    fn, grid, splits, chunk, ring, threads, merge = _decode_config(tname, b, s_q, h, h_k, d, max_len, num_splits,
-                                                                   tuple(sorted(DEC_CONFIG.items())))
+    fn, grid, splits, chunk, ring, threads, merge, cluster = _decode_config(
+        tname, b, s_q, h, h_k, d, max_len, num_splits, tuple(sorted(DEC_CONFIG.items())))
     work, counters = _scratch(splits * b * s_q * h * (d + 1), grid[1] * grid[2])
     args = (q, k, v, work, out, lse, counters, kv_len, np.int32(b), np.int32(s_q), np.int32(h), np.int32(h_k),
-            kv_batch_stride, np.int32(chunk), scale_log2, np.int32(bool(causal)))
-    # steps: (kernel, grid, threads, dynamic shared bytes, args, launched with PDL)
-    steps = [(fn, grid, threads, ring, args, False)]
+            kv_batch_stride, np.int32(chunk), scale_log2, np.int32(bool(causal)),
+            # the length of every row when they are all equal (no load of kv_len before the first tiles), else -1
+            np.int32(len_all if len_all is not None and DEC_CONFIG["DEC_LEN"] else -1))
+    # steps: (kernel, grid, threads, dynamic shared bytes, args, launched with PDL, cluster size or 0)
+    steps = [(fn, grid, threads, ring, args, False, cluster)]
     if merge is not None:  # decode_tc's pieces merged by a second launch (decode_merge_d*)
         steps.append((merge, (h_k, b, 1), 128, 0, (work, out, lse, counters, np.int32(b), np.int32(s_q),
                                                   np.int32(h), np.int32(h_k), np.int32(splits)),
-                      bool(DEC_CONFIG["DEC_PDL"])))
+                      bool(DEC_CONFIG["DEC_PDL"]), 0))
 
     def launch():
-        for f, gr, th, sm, ar, pdl in steps:
-            if not (pdl and _launch_pdl(f, gr, th, sm, ar)):
+        for f, gr, th, sm, ar, pdl, cl in steps:
+            if not ((pdl or cl) and _launch_now(f, gr, th, sm, ar, pdl, cl)):
+                if cl:
+                    raise RuntimeError("decode_tc_cl needs a cluster launch (cuLaunchKernelEx)")
                 f(gr, (th,), ar, shared_mem=sm)
     launch.steps = steps  # for plan: _packed_launch(steps)
     return launch, out, lse
@@ -264,7 +278,7 @@ def _pack(args):
 @functools.lru_cache(maxsize=None)
 def _launch_ex():
     """libcuda's cuLaunchKernelEx through ctypes, with the structures it takes: (function, CUlaunchConfig type,
-    the one attribute CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION = 1), or None (no PDL then)."""
+    CUlaunchAttribute type), or None (no PDL and no clusters then)."""
     import ctypes
 
     try:
@@ -273,7 +287,7 @@ def _launch_ex():
         return None
 
     class Attr(ctypes.Structure):  # CUlaunchAttribute: id, 4 bytes of padding, a 64-byte value union
-        _fields_ = [("id", ctypes.c_int), ("pad", ctypes.c_char * 4), ("value", ctypes.c_char * 64)]
+        _fields_ = [("id", ctypes.c_int), ("pad", ctypes.c_uint), ("value", ctypes.c_uint * 16)]
 
     class Config(ctypes.Structure):  # CUlaunchConfig
         _fields_ = [("grid", ctypes.c_uint * 3), ("block", ctypes.c_uint * 3), ("smem", ctypes.c_uint),
@@ -281,23 +295,39 @@ def _launch_ex():
 
     fn.argtypes = [ctypes.POINTER(Config), ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
     fn.restype = ctypes.c_int
-    attr = Attr(6, b"", (1).to_bytes(4, "little"))  # 6: PROGRAMMATIC_STREAM_SERIALIZATION, allowed = 1
-    return fn, Config, attr
+    return fn, Config, Attr
 
 
-def _pdl_call(ptr, grid, threads, smem, params, keep):
-    """A launch of kernel handle ``ptr`` that may begin before the previous launch in the stream ends (PDL): the
-    kernel itself waits (griddepcontrol.wait) before it reads that launch's results. None where the driver
-    lacks cuLaunchKernelEx."""
+def _ex_config(grid, threads, smem, pdl, cluster, keep):
+    """The CUlaunchConfig of a launch with PDL (``pdl``) and/or clusters of ``cluster`` blocks along x, or None
+    where the driver lacks cuLaunchKernelEx. The structures it points to are appended to ``keep``."""
     import ctypes
 
     ex = _launch_ex()
     if ex is None:
         return None
-    fn, Config, attr = ex
-    cfg = Config((ctypes.c_uint * 3)(*grid), (ctypes.c_uint * 3)(threads, 1, 1), smem, None,
-                 ctypes.pointer(attr), 1)
-    keep.append(cfg)
+    _, Config, Attr = ex
+    attrs = []
+    if pdl:  # 6: PROGRAMMATIC_STREAM_SERIALIZATION, allowed = 1
+        attrs.append(Attr(6, 0, (ctypes.c_uint * 16)(1)))
+    if cluster:  # 4: CLUSTER_DIMENSION (x, y, z)
+        attrs.append(Attr(4, 0, (ctypes.c_uint * 16)(cluster, 1, 1)))
+    arr = (Attr * max(1, len(attrs)))(*attrs)
+    cfg = Config((ctypes.c_uint * 3)(*grid), (ctypes.c_uint * 3)(threads, 1, 1), smem, None, arr, len(attrs))
+    keep.append((cfg, arr))
+    return cfg
+
+
+def _ex_call(ptr, grid, threads, smem, params, keep, pdl=False, cluster=0):
+    """A launch of kernel handle ``ptr`` through cuLaunchKernelEx: with PDL (it may begin before the previous
+    launch in the stream ends; the kernel itself waits for what it reads) and/or as clusters of ``cluster``
+    blocks. None where the driver lacks cuLaunchKernelEx."""
+    import ctypes
+
+    cfg = _ex_config(grid, threads, smem, pdl, cluster, keep)
+    if cfg is None:
+        return None
+    fn = _launch_ex()[0]
     stream = cp.cuda.get_current_stream
 
     def call():
@@ -308,20 +338,40 @@ def _pdl_call(ptr, grid, threads, smem, params, keep):
     return call
 
 
-def _launch_pdl(fn, grid, threads, smem, args):
-    """Launch ``fn`` with PDL now (the public call's merge step); False where that is not possible."""
+def _launch_now(fn, grid, threads, smem, args, pdl, cluster):
+    """Launch ``fn`` now through cuLaunchKernelEx (PDL, clusters); False where that is not possible."""
     packed = _pack(args)
-    call = None if packed is None else _pdl_call(int(getattr(fn, "kernel", fn).ptr), grid, threads, smem,
-                                                 packed[0], [packed])
+    call = None if packed is None else _ex_call(int(getattr(fn, "kernel", fn).ptr), grid, threads, smem,
+                                                packed[0], [packed], pdl, cluster)
     if call is None:
         return False
     call()
     return True
 
 
+@functools.lru_cache(maxsize=None)
+def _clusters_fit(ptr, grid, threads, smem, cluster):
+    """Whether all grid[0] * grid[1] * grid[2] / cluster clusters of kernel handle ``ptr`` are resident at once
+    (cuOccupancyMaxActiveClusters): a cluster that must wait for another would wait for ever on the barrier
+    only in a second wave, which the split rule never wants. False where the driver cannot say."""
+    import ctypes
+
+    keep = []
+    cfg = _ex_config(grid, threads, smem, False, cluster, keep)
+    if cfg is None:
+        return False
+    try:
+        occ = ctypes.CDLL("libcuda.so.1").cuOccupancyMaxActiveClusters
+        n = ctypes.c_int(0)
+        rc = occ(ctypes.byref(n), ctypes.c_void_p(ptr), ctypes.byref(cfg))
+    except (OSError, AttributeError):
+        return False
+    return rc == 0 and n.value * cluster >= grid[0] * grid[1] * grid[2]
+
+
 def _packed_launch(steps):
-    """``launch()`` of the kernels ``steps`` = [(kernel, grid, threads, dynamic shared bytes, args, pdl)], with
-    fixed arguments, through cuLaunchKernel (cuLaunchKernelEx with PDL where ``pdl``) with each parameter block
+    """``launch()`` of the kernels ``steps`` = [(kernel, grid, threads, dynamic shared bytes, args, pdl, cluster)],
+    with fixed arguments, through cuLaunchKernel (cuLaunchKernelEx for PDL or clusters) with each parameter block
     packed once (ctypes); None where a handle or an argument type is not the expected one. CuPy's own call
     converts every argument on every launch (about 5 us of host time on the H100 machine, measured, which
     CUDA-event timings of one decode step include while the GPU waits for the launch)."""
@@ -334,13 +384,15 @@ def _packed_launch(steps):
         return None
     calls, keep = [], []
     stream = cp.cuda.get_current_stream
-    for ptr, (_, grid, threads, smem, args, pdl) in zip(ptrs, steps):
+    for ptr, (_, grid, threads, smem, args, pdl, cluster) in zip(ptrs, steps):
         packed = _pack(args)
         if packed is None:
             return None
         params, vals = packed
         keep.append((vals, params, args))
-        call = _pdl_call(ptr, grid, threads, smem, params, keep) if pdl else None
+        call = _ex_call(ptr, grid, threads, smem, params, keep, pdl, cluster) if pdl or cluster else None
+        if cluster and call is None:
+            return None
         if call is None:
             where = ctypes.addressof(params)
             call = (lambda p=ptr, g=grid, t=threads, m=smem, w=where:
@@ -401,24 +453,18 @@ def _resident_blocks(fn, smem, threads=128):
 
 @functools.lru_cache(maxsize=256)
 def _decode_config(tname, b, s_q, h, h_k, d, max_len, num_splits, config):
-    """(kernel, grid, splits, chunk, dynamic shared bytes, threads per block, merge kernel or None) of
+    """(kernel, grid, splits, chunk, dynamic shared bytes, threads per block, merge kernel or None, cluster) of
     flash_decode.cu for one shape: computed once per shape, so a decode step costs one or two launches and no
-    host-side arithmetic beyond the cache look-up."""
+    host-side arithmetic beyond the cache look-up. ``cluster`` > 0: the kernel is decode_tc_cl, launched as
+    clusters of that many blocks (one cluster per group, merged in its leader's shared memory)."""
     g = h // h_k
     R = s_q * g
     cfg = dict(config)
     tc = tname == "f16" and R <= 8 and cfg["DEC_TC"]
-    merge = None
     if tc:  # tensor cores; any chunk, rounded to 16-key tiles
         nrb, tk, threads = 1, 16, 32 * cfg["DEC_TC_WARPS"]
         ring = cfg["DEC_TC_WARPS"] * cfg["DEC_TC_STAGES"] * 2 * 16 * cfg["DEC_TC_KT"] * d * 2
         fn = _kernel(_DEC, f"decode_tc_d{d}", cfg, ring)
-        if not cfg["DEC_TC_MERGE"]:
-            merge = _kernel(_DEC, f"decode_merge_d{d}", cfg, 0)
-            try:  # the shared-memory carveout of decode_tc (all of it), so its blocks can join decode_tc's SMs
-                cp.cuda.driver.funcSetAttribute(merge.ptr, 9, 100)  # 9: PREFERRED_SHARED_MEMORY_CARVEOUT
-            except Exception:
-                pass
     else:
         rows = next(r for r in (1, 2, 4, 8) if r >= min(R, 8))
         nrb = -(-R // rows)
@@ -438,7 +484,33 @@ def _decode_config(tname, b, s_q, h, h_k, d, max_len, num_splits, config):
         want = max(1, min(per_sm * sms // groups, -(-max_len // tk)))
         chunk = max(1, -(-(-(-max_len // want)) // tk)) * tk  # a whole number of tiles per piece (>= 1)
     splits = max(1, -(-max_len // chunk))
-    return fn, (splits, h_k * nrb, b), splits, chunk, ring, threads, merge
+    grid = (splits, h_k * nrb, b)
+    merge, cluster = None, 0
+    if tc and cfg["DEC_TC_CLUSTER"] and 1 < splits <= 16 and _cc_major() >= 9:
+        # one cluster of the group's `splits` blocks, where all the clusters are resident at once; the pieces
+        # go to the leader block's shared memory, past its ring: splits x 8 rows x (D + 2) floats
+        smem = ring + splits * 8 * (d + 2) * 4
+        cl = _kernel(_DEC, f"decode_tc_cl_d{d}", cfg, smem)
+        ptr = int(getattr(cl, "kernel", cl).ptr)
+        try:
+            cp.cuda.driver.funcSetAttribute(ptr, 14, 1)  # 14: NON_PORTABLE_CLUSTER_SIZE_ALLOWED (up to 16)
+        except Exception:
+            pass
+        if _clusters_fit(ptr, grid, threads, smem, splits):
+            fn, ring, cluster = cl, smem, splits
+    if tc and not cluster and not cfg["DEC_TC_MERGE"]:
+        merge = _kernel(_DEC, f"decode_merge_d{d}", cfg, 0)
+        try:  # the shared-memory carveout of decode_tc (all of it), so its blocks can join decode_tc's SMs
+            # 9: PREFERRED_SHARED_MEMORY_CARVEOUT (before s15 this passed the RawKernel itself and silently failed)
+            cp.cuda.driver.funcSetAttribute(int(getattr(merge, "kernel", merge).ptr), 9, 100)
+        except Exception:
+            pass
+    return fn, grid, splits, chunk, ring, threads, merge, cluster
+
+
+@functools.lru_cache(maxsize=None)
+def _cc_major():
+    return cp.cuda.runtime.getDeviceProperties(cp.cuda.Device().id)["major"]
 
 
 _SCRATCH = {}
@@ -463,8 +535,8 @@ def _scratch(n_floats, n_counters):
     return work, counters
 
 
-def _run(q, k, v, kv_len, max_len, causal, scale, num_splits):
-    launch, out, lse = _launcher(q, k, v, kv_len, max_len, causal, scale, num_splits)
+def _run(q, k, v, kv_len, max_len, causal, scale, num_splits, len_all=None):
+    launch, out, lse = _launcher(q, k, v, kv_len, max_len, causal, scale, num_splits, len_all)
     launch()
     return out, lse
 
@@ -484,7 +556,7 @@ def plan(q, k, v, *, causal=False, softmax_scale=None, cache_seqlens=None, num_s
     lengths = np.full(b, s_k, dtype=np.int64) if cache_seqlens is None else seqlens_of(cache_seqlens, b, s_k)
     kv_len = _kv_len(tuple(int(x) for x in lengths))
     launch, out, _ = _launcher(q, k, v, kv_len, int(lengths.max()) if b else 0, causal,
-                               scale_of(softmax_scale, d), _num_splits(num_splits))
+                               scale_of(softmax_scale, d), _num_splits(num_splits), _uniform(lengths))
     if hasattr(launch, "steps"):  # decode: the parameter blocks packed once, the launches replayed as a graph
         launch = _packed_launch(launch.steps) or launch
         launch = _graph_launch(launch) or launch
@@ -493,6 +565,11 @@ def plan(q, k, v, *, causal=False, softmax_scale=None, cache_seqlens=None, num_s
         launch()
         return out
     return run
+
+
+def _uniform(lengths):
+    """The common length of ``lengths`` when they are all equal, else None."""
+    return int(lengths[0]) if len(lengths) and all(int(x) == int(lengths[0]) for x in lengths) else None
 
 
 def _num_splits(num_splits):
@@ -520,7 +597,7 @@ def attention(q, k, v, *, causal=False, softmax_scale=None, return_lse=False, ch
     dtype = _compute_dtype(q)
     q, k, v = (_contiguous(a, dtype) for a in (q, k, v))
     kv_len = _kv_len((s_k,) * b)
-    out, lse = _run(q, k, v, kv_len, s_k, causal, scale, ns)
+    out, lse = _run(q, k, v, kv_len, s_k, causal, scale, ns, s_k)
     return (out, lse) if return_lse else out
 
 
@@ -574,5 +651,5 @@ def attention_with_kvcache(q, k_cache, v_cache, k=None, v=None, *, cache_seqlens
                     orig[r, seqlens[r]:lengths[r]] = host[r]
     qd, kk, vv = _contiguous(qd, dtype), _contiguous(kc, dtype), _contiguous(vc, dtype)
     kv_len = _kv_len(tuple(int(x) for x in lengths))
-    out, lse = _run(qd, kk, vv, kv_len, int(lengths.max()) if b else 0, causal, scale, ns)
+    out, lse = _run(qd, kk, vv, kv_len, int(lengths.max()) if b else 0, causal, scale, ns, _uniform(lengths))
     return (out, lse) if return_lse else out
