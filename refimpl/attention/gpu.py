@@ -352,8 +352,8 @@ def _launch_now(fn, grid, threads, smem, args, pdl, cluster):
 @functools.lru_cache(maxsize=None)
 def _clusters_fit(ptr, grid, threads, smem, cluster):
     """Whether all grid[0] * grid[1] * grid[2] / cluster clusters of kernel handle ``ptr`` are resident at once
-    (cuOccupancyMaxActiveClusters): a cluster that must wait for another would wait for ever on the barrier
-    only in a second wave, which the split rule never wants. False where the driver cannot say."""
+    (cuOccupancyMaxActiveClusters). Clusters that do not all fit run in a second wave, which the split rule (one
+    wave of blocks) never wants: the merge launch is used then. False where the driver cannot say."""
     import ctypes
 
     keep = []
