@@ -571,6 +571,25 @@ def test_gpu_decode_cluster_merge(d, rng):
 
 
 @pytest.mark.gpu
+def test_gpu_decode_big_ring_keeps_the_merge_launch(rng, monkeypatch):
+    """A tuning override whose ring leaves no room for the cluster slots (DEC_TC_STAGES 3: 192 KB, plus 16
+    pieces of 8 rows) takes the merge launch instead of asking for more shared memory than a block may have (it
+    raised CUDA_ERROR_INVALID_VALUE before s16), and still agrees with the reference."""
+    import cupy as cp
+
+    gpu = pytest.importorskip("refimpl.attention.gpu")
+    monkeypatch.setitem(gpu.DEC_CONFIG, "DEC_TC_STAGES", 3)
+    b, h, h_k, d, lens = 1, 32, 8, 128, [3000]
+    q, k, v = qkv(rng, b, 1, lens[0], h, h_k, d=d, dtype="float16")
+    cfg = gpu._decode_config("f16", b, 1, h, h_k, d, lens[0], 0, tuple(sorted(gpu.DEC_CONFIG.items())))
+    assert cfg[4] + cfg[2] * 8 * (d + 2) * 4 > gpu._smem_optin(), "the case must not leave room for the slots"
+    assert cfg[-1] == 0 and cfg[6] is not None, "the merge launch must take over"
+    poison_gpu_pool()
+    out = gpu.attention_with_kvcache(cp.asarray(q), cp.asarray(k), cp.asarray(v), cache_seqlens=lens).get()
+    assert_close(out, truth(q, k, v, False)[0], op="attention_with_kvcache", dtype="float16", name="3 stages")
+
+
+@pytest.mark.gpu
 def test_gpu_64bit_offsets(rng):
     """A cache of more than 2^31 elements: row 1 starts past 2^31, which 32-bit offsets would wrap."""
     import cupy as cp

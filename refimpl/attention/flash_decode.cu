@@ -109,6 +109,21 @@ __device__ __forceinline__ void pdl_launch_dependents()
 #if DEC_TC_TRACE
 // [0, 6144): 8 slots per decode_tc block; [6144, 8192): 4 per decode_merge block (read by the probe script)
 __device__ unsigned long long dec_trace[8192];
+// clock64 (exact within a block): per warp of the first 256 decode_tc blocks its first tile and loop end; per
+// block its start, after the loop's barrier, after the warps' results are stored, after the piece is written
+__device__ long long dec_wtrace[4096];
+__device__ long long dec_ctrace[1024];
+#define CTRACE(slot)                                                                                      \
+    do {                                                                                                  \
+        const unsigned lin = blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z);               \
+        if (threadIdx.x == 0 && lin < 256) dec_ctrace[lin * 4 + (slot)] = clock64();                     \
+    } while (0)
+#define WTRACE(slot)                                                                                      \
+    do {                                                                                                  \
+        const unsigned lin = blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z);               \
+        if ((threadIdx.x & 31) == 0 && lin < 256)                                                         \
+            dec_wtrace[(lin * DEC_TC_WARPS + threadIdx.x / 32) * 2 + (slot)] = clock64();                 \
+    } while (0)
 __device__ __forceinline__ unsigned long long gtime()
 {
     unsigned long long t;
@@ -499,6 +514,21 @@ __device__ __forceinline__ void decode_split(
 // stages (53.0, 51.2); plain launches instead of the graph (level); 12, 14 or 15 splits instead of 16
 // (50.2, 50.0, 49.8 against 49.6); 17 (63.4: a second wave). 8 clusters of 16, 15, 14, 13 or 12 blocks do
 // not fit at once on the H100 (cuOccupancyMaxActiveClusters: 7 of 16; its GPCs have 16 to 18 SMs but one).
+// s16 (H100, device time, one process per comparison; b1 32K was 50.3-50.8 us there, 49.7 on one machine).
+// Traced with clock64 per warp (dec_wtrace, exact within a block): the warps of one block end their key
+// loops 1.9 us apart (median block; up to 3.6), with no warp index systematically last; had each block's warps
+// ended together at their mean, the last would end 0.8-0.9 us sooner; across blocks the spread is smaller (sd
+// of the block means 0.36 us against 0.59 within). A tile takes a warp about 2.5 us (its one 8 KB tile in flight
+// waits in the memory queue), so stealing whole tiles cannot even out a spread under one tile, and which warp
+// takes which tile would have to leave the sums bitwise the same. After the last warp: barrier 0.12 us, the
+// warps' results stored 0.2, the piece written 1.1 (about 2,000 cycles for 2 columns a thread); the merge
+// block needs 1.5-1.7 us after it sees the counter, 3,000 cycles of it until its first loads of the pieces
+// return. Tried and dropped: the block max first and weighted sums (50.9 against 50.3: one more barrier);
+// issuing a warp's next tile after its math, so 2 tiles are in flight (50.7 against 50.5); L2 prefetch 1 or 2
+// tiles ahead (51.0, 52.4); 3 stages (51.1); 12 warps (51.8); decode_merge with 2 or 4 groups of pieces folded
+// in parallel (51.4, 53.1 against 51.4); prefetching the pieces' lines to L2 at the start (50.9-51.1 against
+// 51.0); running the merge's code once before its wait (50.3 against 50.4); the merge blocks as the last
+// blocks of decode_tc's own grid, one launch (50.0 against 49.7, and b1 128K 180.2 against 177.4).
 #ifndef DEC_TC_WARPS
 #define DEC_TC_WARPS 8
 #endif
@@ -778,6 +808,7 @@ __device__ __forceinline__ void decode_tc_body(
         asm volatile("mov.u32 %0, %%smid;" : "=r"(smid));
         TRACE_TC(5, smid);
     }
+    CTRACE(0);
 #endif
     // the merge launch (PDL) may start now: its blocks fit beside this one and wait for this grid to end
     pdl_launch_dependents();
@@ -847,6 +878,7 @@ __device__ __forceinline__ void decode_tc_body(
         __syncwarp();             // ... and every lane's; every lane is also done with tile t - 1's stage
 #if DEC_TC_TRACE
         if (t == 0) TRACE_TC(1, gtime());
+        if (t == 0) WTRACE(0);
 #endif
         issue(t + NS - 1);
 #if DEC_TC_PROBE != 1
@@ -925,6 +957,7 @@ __device__ __forceinline__ void decode_tc_body(
     }
     cp_async_wait<0>();
 #if DEC_TC_TRACE
+    WTRACE(1);
     TRACE_TC(2, gtime());
     const long long c_end = clock64();
 #endif
@@ -936,6 +969,7 @@ __device__ __forceinline__ void decode_tc_body(
     __syncthreads();  // every warp is done with its ring: reuse it for the warps' partial results
 #if DEC_TC_TRACE
     TRACE_TC(3, gtime());
+    CTRACE(1);
 #endif
 
     // the warps' (m, l, O) -> the block's piece: O = sum_w 2^(m_w - M) O_w, l = sum_w 2^(m_w - M) l_w.
@@ -965,6 +999,7 @@ __device__ __forceinline__ void decode_tc_body(
     __syncthreads();
 #if DEC_TC_TRACE
     TRACE_TC(6, gtime());
+    CTRACE(2);
 #endif
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     // cluster: the piece (M, l, unnormalized O) goes into slot `rank` of the leader's (rank 0) shared memory,
@@ -1011,6 +1046,7 @@ __device__ __forceinline__ void decode_tc_body(
     __syncthreads();
     TRACE_TC(4, gtime());
     TRACE_TC(7, clock64() - c_end);
+    CTRACE(3);
 #endif
 
     if constexpr (CL) {

@@ -486,10 +486,11 @@ def _decode_config(tname, b, s_q, h, h_k, d, max_len, num_splits, config):
     splits = max(1, -(-max_len // chunk))
     grid = (splits, h_k * nrb, b)
     merge, cluster = None, 0
-    if tc and cfg["DEC_TC_CLUSTER"] and 1 < splits <= 16 and _cc_major() >= 9:
-        # one cluster of the group's `splits` blocks, where all the clusters are resident at once; the pieces
-        # go to the leader block's shared memory, past its ring: splits x 8 rows x (D + 2) floats
-        smem = ring + splits * 8 * (d + 2) * 4
+    # one cluster of the group's `splits` blocks, where all the clusters are resident at once; the pieces go to
+    # the leader block's shared memory, past its ring: splits x 8 rows x (D + 2) floats (a ring too large for
+    # that, as with DEC_TC_STAGES 3, keeps the merge launch)
+    smem = ring + splits * 8 * (d + 2) * 4
+    if tc and cfg["DEC_TC_CLUSTER"] and 1 < splits <= 16 and _cc_major() >= 9 and smem <= _smem_optin():
         cl = _kernel(_DEC, f"decode_tc_cl_d{d}", cfg, smem)
         ptr = int(getattr(cl, "kernel", cl).ptr)
         try:
@@ -506,6 +507,13 @@ def _decode_config(tname, b, s_q, h, h_k, d, max_len, num_splits, config):
         except Exception:
             pass
     return fn, grid, splits, chunk, ring, threads, merge, cluster
+
+
+@functools.lru_cache(maxsize=None)
+def _smem_optin():
+    """The most dynamic shared memory one block may ask for (227 KB on the H100)."""
+    rt = cp.cuda.runtime
+    return rt.deviceGetAttribute(rt.cudaDevAttrMaxSharedMemoryPerBlockOptin, cp.cuda.Device().id)
 
 
 @functools.lru_cache(maxsize=None)
