@@ -487,18 +487,19 @@ def test_gpu_decode_plan_matches_the_call(rng):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("pdl,rows", [(1, 1), (0, 1), (1, 0)], ids=["pdl-rows", "no_pdl-rows", "pdl-groups"])
-def test_gpu_decode_merge_waits_for_its_pieces(pdl, rows, rng, monkeypatch):
-    """decode_tc's merge launch (the path without clusters) starts early (PDL) and waits on a counter for the
-    pieces: one merge block and counter per row of a group, or per group. With the workspace poisoned (NaN)
-    before every call and fresh keys on every step, each result matches the reference: no merge read a piece
-    before it was written, and after every call every counter is back at 0 (a stale count would let the next
-    merge start at once, on the poison). Through the plan (a graph) and the call, with and without PDL."""
+@pytest.mark.parametrize("merge,pdl", [(1, 0), (0, 1), (0, 0)], ids=["last_block", "launch-pdl", "launch-no_pdl"])
+def test_gpu_decode_merge_waits_for_its_pieces(merge, pdl, rng, monkeypatch):
+    """decode_tc without clusters: every block writes its piece to the workspace and counts itself; the merge
+    reads the pieces only after all of its group's are written, whether the group's last block does it (one
+    launch, the default) or a second launch, started early (PDL) or not, whose block waits on the counter. With
+    the workspace poisoned (NaN) before every call and fresh keys on every step, each result matches the
+    reference: no merge read a piece before it was written, and after every call every counter is back at 0 (a
+    stale count would let the next merge start at once, on the poison). Through the plan (a graph) and the call."""
     import cupy as cp
 
     gpu = pytest.importorskip("refimpl.attention.gpu")
+    monkeypatch.setitem(gpu.DEC_CONFIG, "DEC_TC_MERGE", merge)
     monkeypatch.setitem(gpu.DEC_CONFIG, "DEC_PDL", pdl)
-    monkeypatch.setitem(gpu.DEC_CONFIG, "DEC_ROW_MERGE", rows)
     monkeypatch.setitem(gpu.DEC_CONFIG, "DEC_TC_CLUSTER", 0)
     b, h, h_k, d, s_cache, lens = 2, 32, 8, 128, 5000, [5000, 2345]
     qd = cp.empty((b, 1, h, d), dtype=cp.float16)
@@ -515,7 +516,7 @@ def test_gpu_decode_merge_waits_for_its_pieces(pdl, rows, rng, monkeypatch):
             for r in range(b):
                 want = truth(q[r:r + 1], k[r:r + 1, :lens[r]], v[r:r + 1, :lens[r]], False)[0]
                 assert_close(got[r:r + 1], want, op="attention_with_kvcache", dtype="float16",
-                             name=f"{name} step {step} row {r} pdl {pdl} rows {rows}")
+                             name=f"{name} step {step} row {r} merge {merge} pdl {pdl}")
             assert int(cp.count_nonzero(gpu._SCRATCH[key][1])) == 0, "a counter was left non-zero"
 
 
@@ -571,10 +572,10 @@ def test_gpu_decode_cluster_merge(d, rng):
 
 
 @pytest.mark.gpu
-def test_gpu_decode_big_ring_keeps_the_merge_launch(rng, monkeypatch):
+def test_gpu_decode_big_ring_stays_out_of_clusters(rng, monkeypatch):
     """A tuning override whose ring leaves no room for the cluster slots (DEC_TC_STAGES 3: 192 KB, plus 16
-    pieces of 8 rows) takes the merge launch instead of asking for more shared memory than a block may have (it
-    raised CUDA_ERROR_INVALID_VALUE before s16), and still agrees with the reference."""
+    pieces of 8 rows) merges without clusters instead of asking for more shared memory than a block may have
+    (it raised CUDA_ERROR_INVALID_VALUE before s16), and still agrees with the reference."""
     import cupy as cp
 
     gpu = pytest.importorskip("refimpl.attention.gpu")
@@ -583,7 +584,7 @@ def test_gpu_decode_big_ring_keeps_the_merge_launch(rng, monkeypatch):
     q, k, v = qkv(rng, b, 1, lens[0], h, h_k, d=d, dtype="float16")
     cfg = gpu._decode_config("f16", b, 1, h, h_k, d, lens[0], 0, tuple(sorted(gpu.DEC_CONFIG.items())))
     assert cfg[4] + cfg[2] * 8 * (d + 2) * 4 > gpu._smem_optin(), "the case must not leave room for the slots"
-    assert cfg[-1] == 0 and cfg[6] is not None, "the merge launch must take over"
+    assert cfg[-1] == 0, "no cluster launch"
     poison_gpu_pool()
     out = gpu.attention_with_kvcache(cp.asarray(q), cp.asarray(k), cp.asarray(v), cache_seqlens=lens).get()
     assert_close(out, truth(q, k, v, False)[0], op="attention_with_kvcache", dtype="float16", name="3 stages")

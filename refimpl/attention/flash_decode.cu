@@ -1,6 +1,6 @@
 // flash_decode.cu: split-K attention (flash-decoding), for a KV cache and for any s_q. Two kernels:
 // decode_split (CUDA cores, any dtype and rows; described first) and decode_tc (fp16 with at most 8 rows per
-// group, tensor cores; described above it, further down), plus decode_merge, decode_tc's second launch.
+// group, tensor cores; described above it, further down), plus decode_merge, decode_tc's optional second launch.
 //
 // out[b, i, hh] = softmax_j(scale * q[b, i, hh] . k[b, j, kv]) v[b, j, kv] over the keys j < kv_len[b] that
 // row i may see (causal: j <= i + kv_len[b] - s_q, bottom-right), with kv = hh / g, g = h / h_k.
@@ -203,6 +203,12 @@ __device__ __forceinline__ bool arrive_last(int* counter, int n, int* s_flag)
     return *s_flag != 0;
 }
 
+// The dynamic shared memory of both kernels: the ring of K and V tiles. It starts past the static shared memory,
+// and aligned to 1024 bytes here: at the 16-byte alignment of a bare declaration, the 80 bytes of a few static
+// variables put every 512-byte row of cp.async copies across 5 lines of 128 bytes instead of 4, and decode_tc
+// streamed 15% slower (H100, b1 32K and 128K; s17).
+extern __shared__ __align__(1024) uint4 dec_ring[];
+
 // bytes of dynamic shared memory: the ring of K and V tiles, each thread's 16-byte pieces
 constexpr int ring_bytes() { return DEC_STAGES * 2 * DEC_UNROLL * 128 * 16; }
 
@@ -220,7 +226,7 @@ __device__ __forceinline__ void decode_split(
     static_assert(LPK >= 1 && LPK <= 32 && (LPK & (LPK - 1)) == 0, "D / VEC must be a power of 2 <= 32");
     // ring[stage][K or V][u][thread]: every thread copies, and later reads, only its own pieces, so the
     // ring needs no barrier: cp.async.wait_group orders a thread's copies before its own reads.
-    extern __shared__ uint4 ring[];
+    uint4* const ring = dec_ring;
     __shared__ float s_p[2][ROWS][TK];  // double-buffered: tile t+1's scores go in while t's P is read
     __shared__ float s_alpha[ROWS];
     __shared__ float s_red[NW][ROWS][D];
@@ -476,20 +482,21 @@ __device__ __forceinline__ void decode_split(
 // 16 * DEC_TC_KT-key tiles w, w + NW, ... of the block's chunk, through its own ring of DEC_TC_STAGES tiles
 // (cp.async, 16-byte chunk index XOR key mod 8 so that ldmatrix is free of bank conflicts); a warp reads what
 // its own lanes copied, so cp.async.wait_group + __syncwarp order the ring. At the end the warps' (m, l, O)
-// are merged in shared memory (reusing the ring) and the block writes its piece like decode_split; then
-// decode_merge (grid (h_k, b), its own launch) merges the pieces (merge_group). That launch is programmatic
-// (PDL, from gpu.py): decode_tc calls launch_dependents at its start, so the merge blocks are resident beside
-// it, waiting on their group's counter, and merge a group as soon as its last piece is written (H100, b1 32K:
-// 55.8 vs 58.6 us without PDL, old timer; the counter instead of griddepcontrol.wait: 51.9 vs 52.5, new timer).
-// DEC_TC_MERGE = 1 merges in the last block instead, as decode_split does: on the H100 that made the whole
-// launch 15-20% slower than the same kernel without the merge (b8 32K 415 vs 362 us), far more than the
-// merge's own work; not explained. Re-measured in one process (H100, copy 2970 GB/s) with a one-pass merge
-// of 16 pieces and the same key-loop SASS: b1 32K 56.8 vs 53.3 us, b8 385 vs 354, b1 128K 196 vs 182, and
-// with the math off as well (55.8 vs 51.7 us at b1 32K), so the streaming itself slows down. In the trace,
-// blocks stop streaming between 35 and 49 us, where without the merge they stop between 40 and 45. The last
-// block's fence + atomic + fence took 1.2 us, so even its tail was longer than the PDL merge's: 2.8 us after
-// the last piece, against 1.9. s14, new timer: 59.4 us against 52.5, and 59.2 with one atom.acq_rel.gpu in
-// place of the two __threadfence: the fences are not the cause.
+// are merged in shared memory (reusing the ring) and the block writes its piece (M, l, unnormalized O) to the
+// workspace; the last block of the group merges the pieces (DEC_TC_MERGE 1, publish_piece, merge_fold), as
+// decode_split does: one launch. DEC_TC_MERGE 0 leaves the merge to decode_merge (grid (h_k, b), its own
+// launch, merge_group). That launch is programmatic (PDL, from gpu.py): decode_tc calls launch_dependents at its
+// start, so the merge blocks are resident beside it, waiting on their group's counter, and merge a group as
+// soon as its last piece is written (H100, b1 32K: 55.8 vs 58.6 us without PDL, old timer; the counter instead
+// of griddepcontrol.wait: 51.9 vs 52.5, new timer).
+// History of DEC_TC_MERGE 1 (s13-s16): the last block's merge made the whole launch 15-20% slower (b8 32K 415
+// vs 362 us), the streaming itself too (math off: 55.8 vs 51.7 us at b1 32K), with the blocks ending between 35
+// and 49 us instead of 40 and 45; not explained then. s17 found the cause: its static shared variables (80
+// bytes) moved the dynamic ring to an address that is 16-byte but not 128-byte aligned, and every 512-byte row
+// of cp.async copies then spans 5 lines of 128 bytes instead of 4. With the ring aligned (dec_ring) the fused
+// merge streams as fast (b1 128K 179.0 against 177.7 us with a two-pass merge), and with a one-pass merge
+// (merge_fold) and one atom.acq_rel it ends sooner: b1 32K 49.9-50.0 us against 50.5-50.6 with the merge
+// launch, b1 128K 177.1-177.7 against 177.6-178.4 (H100, one process each, three machines).
 // b1 32K (the GQA 32/8 decode goal), traced on the H100 without the fused merge: the blocks stop streaming at
 // 40.1 / 43.1 / 44.5 us (min / median / max), which is 134 MB at about 3.0-3.1 TB/s. The warps' combine into a
 // piece takes about 1.0 us in every block, the last piece is written at 46.2 us and the merge is done at
@@ -529,6 +536,19 @@ __device__ __forceinline__ void decode_split(
 // in parallel (51.4, 53.1 against 51.4); prefetching the pieces' lines to L2 at the start (50.9-51.1 against
 // 51.0); running the merge's code once before its wait (50.3 against 50.4); the merge blocks as the last
 // blocks of decode_tc's own grid, one launch (50.0 against 49.7, and b1 128K 180.2 against 177.4).
+// s17 (H100, device time, one process per comparison). Kept: the aligned ring (dec_ring) and the merge in the
+// group's last block (DEC_TC_MERGE 1, see above), pieces as (M, l, unnormalized O), so that neither the block
+// nor the merge divides or takes a log per element: b1 32K 49.6-50.0 us against 50.4-50.6 with the merge launch
+// (four machines), b1 128K 177.1-179.6 against 177.6-180.3. Tried and dropped: every warp writing its own
+// piece, merged by 1 or 8 blocks per group (58.4, 51.7 against 50.4: 128 pieces a group are too many to fold);
+// the warps' states combined in a binary tree as they finish, the second of each pair combining (50.4 against
+// 50.0: one warp does 3 x 64 combines where the block's 256 threads share them); the last block learning that
+// it is last before its combine (a relaxed atomic, then waiting on a second counter of written pieces) and
+// merging its own piece from shared memory (50.0 against 49.9); the other pieces copied to shared memory with
+// cp.async and folded in short loops, in case the unrolled fold's 1.5 us was a cold instruction cache (the fold
+// took 3.2 us: it was not). The carveout (L1 against shared) of decode_tc made no difference (0, 58, 100 %).
+// Traced at b1 32K (DEC_TC_MERGE 1): the last warp ends at 45.8-46.2 us, the last block knows that it is last
+// about 0.1-0.6 us later, its fold takes 1.2-1.5 us and the next kernel starts 1.7-1.9 us after that.
 #ifndef DEC_TC_WARPS
 #define DEC_TC_WARPS 8
 #endif
@@ -541,7 +561,7 @@ __device__ __forceinline__ void decode_split(
 #define DEC_TC_STAGES 2
 #endif
 #ifndef DEC_TC_MERGE
-#define DEC_TC_MERGE 0  // 1: the last block merges (as decode_split); 0: decode_merge_d* does, launched next
+#define DEC_TC_MERGE 1  // 1: the group's last block merges (as decode_split); 0: decode_merge_d* does, launched next
 #endif
 
 __device__ __forceinline__ unsigned smem_u32(const void* p)
@@ -625,105 +645,75 @@ __device__ __forceinline__ void store_merged(__half* __restrict__ out, float* __
     if (c4 == 0) lse[at] = t > 0.f ? m + logf(t) : NEG_INF;
 }
 
-// Merges the pieces of one (batch row bi, kv head kvh) group, rows r < R = s_q * g <= 8, with NW warps:
-// out = sum_s exp(lse_s - m) o_s / t, lse = m + log t, m = max_s lse_s, t = sum_s exp(lse_s - m).
-// 1. per row, (m, t) in one pass over lse_part (online), one warp per row; the butterfly gives every lane the
-//    same (m, t) since the combine is commutative. 2. one thread per (row, 4 columns) sums the pieces in a
-//    fixed order (deterministic), 8 pieces in flight at a time. Loads bypass L1 (__ldcg): in the fused merge
-//    the pieces were written by other blocks of this launch.
-template <int D, int NW>
-__device__ __forceinline__ void merge_pieces(const float* __restrict__ work, __half* __restrict__ out,
-                                             float* __restrict__ lse, int b, int s_q, int h, int h_k, int splits,
-                                             int bi, int kvh)
+// merge_fold: the pieces of one (batch row bi, kv head kvh) group of decode_tc merged in one pass, by the
+// group's decode_merge block (DEC_TC_MERGE 0) or by the group's last decode_tc block (1). A piece is (M_s, l_s,
+// O_s): its max score in log2 units, sum of 2^(s - M_s) and unnormalized output. One thread per (row, 4
+// columns) loads the 4 columns, M_s and l_s of up to 16 pieces at once (one round trip to L2), then folds them
+// in online, in piece order (deterministic): M' = max(M, max_s M_s), t = t 2^(M - M') + sum_s 2^(M_s - M') l_s,
+// o likewise; out = o / t, lse = ln 2 (M + log2 t). Loads bypass L1 (__ldcg): other blocks wrote the pieces.
+template <int D>
+__device__ __forceinline__ void merge_fold(const float* __restrict__ work, __half* __restrict__ out,
+                                           float* __restrict__ lse, int b, int s_q, int h, int h_k, int splits,
+                                           int bi, int kvh)
 {
-    constexpr int NT = 32 * NW;
-    __shared__ float s_mm[8], s_tt[8];
-    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    constexpr int C4 = D / 4, U = 16;
     const int g = h / h_k, R = s_q * g;
+    const long long piece = (long long)b * s_q * h;  // rows per piece
     const float* __restrict__ o_part = work;
-    const float* __restrict__ lse_part = work + (long long)splits * b * s_q * h * D;
-    const long long piece = (long long)b * s_q * h;
-    for (int r = warp; r < R; r += NW) {
-        const int i = r / g, hh = kvh * g + r % g;
-        const float* lp = lse_part + ((long long)bi * s_q + i) * h + hh;
-        float m = NEG_INF, t = 0.f;
-        for (int s = lane; s < splits; s += 32) {
-            const float x = __ldcg(lp + s * piece);
-            if (x != NEG_INF) {
-                const float mn = fmaxf(m, x);
-                t = t * expf(m - mn) + expf(x - mn);  // expf(-inf) = 0 on the first key
-                m = mn;
-            }
-        }
-#pragma unroll
-        for (int off = 16; off >= 1; off >>= 1) {
-            const float m2 = __shfl_xor_sync(0xffffffffu, m, off), t2 = __shfl_xor_sync(0xffffffffu, t, off);
-            const float mn = fmaxf(m, m2);
-            const float e1 = m == NEG_INF ? 0.f : t * expf(m - mn), e2 = m2 == NEG_INF ? 0.f : t2 * expf(m2 - mn);
-            t = e1 + e2;
-            m = mn;
-        }
-        if (lane == 0) { s_mm[r] = m; s_tt[r] = t; }
-    }
-    __syncthreads();
-    constexpr int C4 = D / 4;
-    for (int idx = tid; idx < R * C4; idx += NT) {
+    const float* __restrict__ m_part = work + splits * piece * D;
+    const float* __restrict__ l_part = m_part + splits * piece;
+    for (int idx = threadIdx.x; idx < R * C4; idx += blockDim.x) {
         const int r = idx / C4, c4 = idx % C4;
         const int i = r / g, hh = kvh * g + r % g;
         const long long orow = ((long long)bi * s_q + i) * h + hh;
-        const float m = s_mm[r], t = s_tt[r];
+        const float* src = o_part + orow * D + 4 * c4;
+        float m = NEG_INF, t = 0.f;
         float4 o = make_float4(0.f, 0.f, 0.f, 0.f);
-        if (t > 0.f) {
-            const float* lp = lse_part + orow;
-            const float* src = o_part + orow * D + 4 * c4;
-            int s = 0;
-            for (; s + 8 <= splits; s += 8) {
-                float x[8];
-                float4 y[8];
+        for (int s0 = 0; s0 < splits; s0 += U) {
+            float x[U], y[U];
+            float4 z[U];
 #pragma unroll
-                for (int u = 0; u < 8; ++u) {
-                    x[u] = __ldcg(lp + (s + u) * piece);
-                    y[u] = __ldcg(reinterpret_cast<const float4*>(src + (s + u) * piece * D));
-                }
+            for (int u = 0; u < U; ++u) {
+                const bool ok = s0 + u < splits;
+                const long long at = (s0 + u) * piece + orow;
+                x[u] = ok ? __ldcg(m_part + at) : NEG_INF;
+                y[u] = ok ? __ldcg(l_part + at) : 0.f;
+                z[u] = ok ? __ldcg(reinterpret_cast<const float4*>(src + (s0 + u) * piece * D))
+                          : make_float4(0.f, 0.f, 0.f, 0.f);
+            }
+            float mn = m;
 #pragma unroll
-                for (int u = 0; u < 8; ++u) {
-                    const float w = expf(x[u] - m);  // 0 for an empty piece
-                    o.x = fmaf(w, y[u].x, o.x); o.y = fmaf(w, y[u].y, o.y);
-                    o.z = fmaf(w, y[u].z, o.z); o.w = fmaf(w, y[u].w, o.w);
-                }
+            for (int u = 0; u < U; ++u) mn = fmaxf(mn, x[u]);
+            if (mn == NEG_INF) continue;  // no key in any piece so far
+            const float a = exp2f(m - mn);  // 0 while m is -inf
+            t *= a;
+            o.x *= a; o.y *= a; o.z *= a; o.w *= a;
+#pragma unroll
+            for (int u = 0; u < U; ++u) {
+                const float w = exp2f(x[u] - mn);  // 0 for an empty piece
+                t = fmaf(w, y[u], t);
+                o.x = fmaf(w, z[u].x, o.x); o.y = fmaf(w, z[u].y, o.y);
+                o.z = fmaf(w, z[u].z, o.z); o.w = fmaf(w, z[u].w, o.w);
             }
-            for (; s < splits; ++s) {
-                const float w = expf(__ldcg(lp + s * piece) - m);
-                const float4 y = __ldcg(reinterpret_cast<const float4*>(src + s * piece * D));
-                o.x = fmaf(w, y.x, o.x); o.y = fmaf(w, y.y, o.y);
-                o.z = fmaf(w, y.z, o.z); o.w = fmaf(w, y.w, o.w);
-            }
+            m = mn;
         }
-        store_merged<D>(out, lse, orow, c4, o, t, m, ((long long)bi * h + hh) * s_q + i);
+        store_merged<D>(out, lse, orow, c4, o, t, m * 0.6931471805599453f, ((long long)bi * h + hh) * s_q + i);
     }
 }
 
-// decode_merge: the pieces of one (batch row bi, kv head kvh) group merged in one pass, for decode_tc's second
-// launch. One thread per (row, 4 columns); it loads the lse and the 4 columns of up to 16 pieces at once (one
-// round trip to L2 instead of a pass for the maximum first), then folds them in online, in piece order
-// (deterministic): m' = max(m, max_s lse_s), t = t e^(m - m') + sum_s e^(lse_s - m'), o likewise; out = o / t,
-// lse = m + log t. With PDL its blocks start while decode_tc runs. Thread 0 waits until counters[bi, kvh] (which
-// each decode_tc block of the group increments with release semantics after writing its piece) reaches splits,
-// reads it with acquire semantics, and sets it back to 0 for the next launch; the barrier passes the order on.
-// So each group is merged as soon as its own pieces are written. griddepcontrol.wait, as before, waited for the
-// whole decode_tc grid to end and its writes to be flushed: b1 32K 52.4-52.7 us against 51.9 (H100, new timer,
-// one process). Deadlock-free: PDL starts this grid only after every decode_tc block has begun (they all call
-// launch_dependents first), so the blocks it waits for are resident; without PDL it starts after decode_tc ends.
+// decode_merge (DEC_TC_MERGE 0): decode_tc's second launch, grid (h_k, b), one group a block. With PDL its blocks
+// start while decode_tc runs. Thread 0 waits until counters[bi, kvh] (which each decode_tc block of the group
+// increments with release semantics after writing its piece) reaches splits, reads it with acquire semantics,
+// and sets it back to 0 for the next launch; the barrier passes the order on. So each group is merged as soon
+// as its own pieces are written. griddepcontrol.wait, as before, waited for the whole decode_tc grid to end and
+// its writes to be flushed: b1 32K 52.4-52.7 us against 51.9 (H100, new timer, one process). Deadlock-free: PDL
+// starts this grid only after every decode_tc block has begun (they all call launch_dependents first), so the
+// blocks it waits for are resident; without PDL it starts after decode_tc ends.
 template <int D>
 __device__ __forceinline__ void merge_group(const float* __restrict__ work, __half* __restrict__ out,
                                             float* __restrict__ lse, int* __restrict__ counters, int b, int s_q,
                                             int h, int h_k, int splits, int bi, int kvh)
 {
-    constexpr int C4 = D / 4, U = 16;
-    const int g = h / h_k, R = s_q * g;
-    const float* __restrict__ o_part = work;
-    const float* __restrict__ lse_part = work + (long long)splits * b * s_q * h * D;
-    const long long piece = (long long)b * s_q * h;  // rows per piece
     TRACE_MERGE(0, gtime());
     if (threadIdx.x == 0) {
         int* cnt = counters + (long long)bi * h_k + kvh;
@@ -737,45 +727,45 @@ __device__ __forceinline__ void merge_group(const float* __restrict__ work, __ha
     }
     __syncthreads();
     TRACE_MERGE(1, gtime());
-    for (int idx = threadIdx.x; idx < R * C4; idx += blockDim.x) {
-        const int r = idx / C4, c4 = idx % C4;
-        const int i = r / g, hh = kvh * g + r % g;
-        const long long orow = ((long long)bi * s_q + i) * h + hh;
-        const float* lp = lse_part + orow;
-        const float* src = o_part + orow * D + 4 * c4;
-        float m = NEG_INF, t = 0.f;
-        float4 o = make_float4(0.f, 0.f, 0.f, 0.f);
-        for (int s0 = 0; s0 < splits; s0 += U) {
-            float x[U];
-            float4 y[U];
-#pragma unroll
-            for (int u = 0; u < U; ++u) {
-                const bool ok = s0 + u < splits;
-                x[u] = ok ? __ldcg(lp + (s0 + u) * piece) : NEG_INF;
-                y[u] = ok ? __ldcg(reinterpret_cast<const float4*>(src + (s0 + u) * piece * D))
-                          : make_float4(0.f, 0.f, 0.f, 0.f);
-            }
-            float mn = m;
-#pragma unroll
-            for (int u = 0; u < U; ++u) mn = fmaxf(mn, x[u]);
-            if (mn == NEG_INF) continue;  // no key in any piece so far
-            const float a = expf(m - mn);  // 0 while m is -inf
-            t *= a;
-            o.x *= a; o.y *= a; o.z *= a; o.w *= a;
-#pragma unroll
-            for (int u = 0; u < U; ++u) {
-                const float w = expf(x[u] - mn);  // 0 for an empty piece
-                t += w;
-                o.x = fmaf(w, y[u].x, o.x); o.y = fmaf(w, y[u].y, o.y);
-                o.z = fmaf(w, y[u].z, o.z); o.w = fmaf(w, y[u].w, o.w);
-            }
-            m = mn;
-        }
-        store_merged<D>(out, lse, orow, c4, o, t, m, ((long long)bi * h + hh) * s_q + i);
-    }
+    merge_fold<D>(work, out, lse, b, s_q, h, h_k, splits, bi, kvh);
 #if DEC_TC_TRACE
     __syncthreads();
     TRACE_MERGE(2, gtime());
+#endif
+}
+
+// After every thread's stores of the block's piece (the barrier orders them before thread 0's release):
+// DEC_TC_MERGE 0: count the piece in counters[bi, kvh] for the group's decode_merge block (release).
+// DEC_TC_MERGE 1: the block that brings the count to splits merges the group (one launch). Thread 0's atomic has
+// release (this block's piece) and acquire (the others') semantics; the barrier passes the order on.
+template <int D>
+__device__ __forceinline__ void publish_piece(const float* __restrict__ work, __half* __restrict__ out,
+                                              float* __restrict__ lse, int* __restrict__ counters, int b, int s_q,
+                                              int h, int h_k, int bi, int kvh)
+{
+    int* cnt = counters + (long long)bi * gridDim.y + blockIdx.y;
+    __syncthreads();
+#if DEC_TC_MERGE
+    __shared__ int s_last;
+    if (threadIdx.x == 0) {
+        int old;
+        asm volatile("atom.acq_rel.gpu.global.add.s32 %0, [%1], 1;\n" : "=r"(old) : "l"(cnt) : "memory");
+        s_last = old == (int)gridDim.x - 1;
+        if (s_last) *cnt = 0;  // for the next launch: every block of the group has counted itself
+    }
+    __syncthreads();
+    if (!s_last) return;
+#if DEC_TC_TRACE
+    if (threadIdx.x == 0) dec_trace[6144 + (bi * gridDim.y + blockIdx.y) * 4] = gtime();
+    if (threadIdx.x == 0) dec_trace[6144 + (bi * gridDim.y + blockIdx.y) * 4 + 1] = gtime();
+#endif
+    merge_fold<D>(work, out, lse, b, s_q, h, h_k, gridDim.x, bi, kvh);
+#if DEC_TC_TRACE
+    __syncthreads();
+    if (threadIdx.x == 0) dec_trace[6144 + (bi * gridDim.y + blockIdx.y) * 4 + 2] = gtime();
+#endif
+#else
+    if (threadIdx.x == 0) asm volatile("red.release.gpu.global.add.s32 [%0], 1;\n" ::"l"(cnt) : "memory");
 #endif
 }
 
@@ -794,10 +784,10 @@ __device__ __forceinline__ void decode_tc_body(
     constexpr int DM = D / 16;         // mma tiles along d
     static_assert(D == 64 || D == 128, "D must be 64 or 128");
     static_assert(NS >= 2, "the ring needs 2 stages");
-    extern __shared__ uint4 ring[];
+    uint4* const ring = dec_ring;
 
     float* __restrict__ o_part = work;
-    float* __restrict__ lse_part = work + (long long)gridDim.x * b * s_q * h * D;
+    float* __restrict__ m_part = work + (long long)gridDim.x * b * s_q * h * D;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, gid = lane >> 2, tig = lane & 3;
     const int g = h / h_k, R = s_q * g;
     const int split = blockIdx.x, kvh = blockIdx.y, bi = blockIdx.z;
@@ -1011,7 +1001,11 @@ __device__ __forceinline__ void decode_tc_body(
         slot_base = map_rank(smem_u32(reinterpret_cast<char*>(ring) + NW * NS * STAGE * 2), 0);
     }
 #endif
-    for (int idx = tid; idx < R * D; idx += NT) {
+    // R <= 8 rows: at most 8 D / NT elements a thread, unrolled so that their shared-memory reads overlap
+#pragma unroll
+    for (int e8 = 0; e8 < (8 * D + NT - 1) / NT; ++e8) {
+        const int idx = tid + NT * e8;
+        if (idx >= R * D) break;
         const int r = idx / D, col = idx % D;
         float M = NEG_INF;
 #pragma unroll
@@ -1026,6 +1020,7 @@ __device__ __forceinline__ void decode_tc_body(
                 l = fmaf(e, red_l[w * 8 + r], l);
             }
         }
+        // the piece (M, l, unnormalized O): in the leader's slots (cluster) or in the workspace
         if constexpr (CL) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
             // slots: o [splits][8][D], then m [splits][8], then l [splits][8]
@@ -1036,10 +1031,14 @@ __device__ __forceinline__ void decode_tc_body(
             }
 #endif
         } else {
+            // workspace: o [splits][pieces][D], then m [splits][pieces], then l [splits][pieces]
             const int i = r / g, hh = kvh * g + r % g;
             const long long orow = (((long long)split * b + bi) * s_q + i) * h + hh;
-            o_part[orow * D + col] = l > 0.f ? o / l : 0.f;
-            if (col == 0) lse_part[orow] = l > 0.f ? (M + log2f(l)) * 0.6931471805599453f : NEG_INF;
+            o_part[orow * D + col] = o;
+            if (col == 0) {
+                m_part[orow] = M;
+                m_part[(long long)gridDim.x * b * s_q * h + orow] = l;
+            }
         }
     }
 #if DEC_TC_TRACE
@@ -1082,20 +1081,9 @@ __device__ __forceinline__ void decode_tc_body(
             store_merged<D>(out, lse, orow, c4, o, t, M * 0.6931471805599453f, ((long long)bi * h + hh) * s_q + i);
         }
 #endif
-        return;
+    } else {
+        publish_piece<D>(work, out, lse, counters, b, s_q, h, h_k, bi, kvh);
     }
-#if DEC_TC_MERGE
-    // the last block of this (batch row, kv head) merges the pieces
-    __shared__ int s_last;
-    if (!arrive_last(counters + (long long)bi * gridDim.y + blockIdx.y, gridDim.x, &s_last)) return;
-    merge_pieces<D, NW>(work, out, lse, b, s_q, h, h_k, gridDim.x, bi, kvh);
-#else
-    __syncthreads();  // the block's piece is written; thread 0 publishes it (release) to the group's merge block
-    if (tid == 0) {
-        int* cnt = counters + (long long)bi * gridDim.y + blockIdx.y;
-        asm volatile("red.release.gpu.global.add.s32 [%0], 1;\n" ::"l"(cnt) : "memory");
-    }
-#endif
 }
 
 

@@ -17,11 +17,10 @@ Kernels (one grid/block comment at the top of each file):
                      decode_tc (float16, s_q * h / h_k <= 8 rows per group: GQA decode): tensor cores,
                      each warp on its own keys. On compute capability 9.0, where all of them fit at once,
                      each group's blocks run as one thread-block cluster and the leader merges the pieces in
-                     its shared memory (decode_tc_cl, one launch: b8 32K); elsewhere the merge is a second
-                     small launch that starts early (PDL) and waits on a per-group counter for that group's
-                     pieces (b1: 8 clusters of 16 blocks do not fit on an H100, 7 do). gpu.plan replays the
-                     launches as a CUDA graph. decode_split (the rest): CUDA cores, the last block of each
-                     group merges (one launch).
+                     its shared memory (decode_tc_cl: b8 32K); elsewhere (b1: 8 clusters of 16 blocks do
+                     not fit on an H100, 7 do) the last block of each group merges the pieces from the
+                     workspace. gpu.plan replays the launches as a CUDA graph. decode_split (the rest): CUDA
+                     cores, the last block of each group merges. One launch in every case.
 Both read per-row key counts (``cache_seqlens`` + s_new), share one GQA index (query head hh reads kv head
 hh // (h // h_k)), align the causal mask bottom-right, and index global memory with 64-bit offsets.
 
@@ -62,23 +61,23 @@ _LOG2E = 1.4426950408889634
 # REFIMPL_ATTENTION_CONFIG (a JSON object of these names) overrides them, for tuning.
 FWD_CONFIG = {"FWD_WARPS": 8, "FWD_BN": 64, "FWD_MINB": 1, "FWD_QREG": 1, "FWD_FASTEXP": 0, "FWD_DBUF": 0}
 DEC_CONFIG = {"DEC_UNROLL": 4, "DEC_STAGES": 4, "DEC_BLOCKS_PER_SM": 0, "DEC_FEW_GROUPS_PER_SM": 2,
-              "DEC_TC": 1, "DEC_TC_WARPS": 8, "DEC_TC_KT": 1, "DEC_TC_STAGES": 2, "DEC_TC_MERGE": 0,
+              "DEC_TC": 1, "DEC_TC_WARPS": 8, "DEC_TC_KT": 1, "DEC_TC_STAGES": 2, "DEC_TC_MERGE": 1,
               "DEC_PDL": 1, "DEC_TC_CLUSTER": 1, "DEC_LEN": 1,
               "DEC_TC_EVICT": 1}
 # not compile-time macros: the split rule, and DEC_TC (1: float16 groups of <= 8 rows take decode_tc).
-# DEC_TC_MERGE 0: decode_tc's pieces are merged by a second launch; the fused last-block merge (1) made the
-# whole decode 15-20% slower on the H100 (b8 32K 415 vs 362 us with the merge skipped; cause not found).
-# Re-measured with a one-pass merge: 6-9% slower, and with the math off too, so the streaming slows; with an
-# acq_rel atomic in place of the fences just as slow (flash_decode.cu).
+# DEC_TC_MERGE 1: the last decode_tc block of each group merges its pieces (one launch); 0: a second launch
+# (decode_merge) does. The fused merge used to be 15-20% slower, which s17 traced to the ring's alignment (see
+# flash_decode.cu, dec_ring); aligned, it is the faster: H100 b1 32K 49.9-50.0 us against 50.5-50.6, b1 128K
+# 177.1-177.7 against 177.6-178.4 (one process each, three machines).
 # DEC_TC_CLUSTER 1: decode_tc_cl where the clusters fit (cuOccupancyMaxActiveClusters; H100: b8 32K 346.7-347.3
 # us against 350.3 with the merge launch, one process). DEC_LEN 1: when every row has the same length the host
 # passes it, and the blocks need not load kv_len before their first tiles. DEC_TC_EVICT 1: K and V are read
 # with an L2 evict-first policy. Both: b1 32K 50.5 against 51.3 us, b8 32K 350.9 against 352.3, b1 128K 178.2
 # against 179.3 (H100, one process; macros of flash_decode.cu, see there for what did not help).
-# DEC_PDL 1: decode_merge is launched with programmatic dependent launch (cuLaunchKernelEx), so that its blocks
-# are resident and waiting when decode_tc ends, instead of a kernel boundary and a launch (H100: b1 32K 55.8 vs
-# 58.6 us, measured in one process). Each merge block waits on its group's counter, which decode_tc's blocks
-# count up, so it gets ``counters`` too.
+# DEC_PDL 1 (with DEC_TC_MERGE 0): decode_merge is launched with programmatic dependent launch
+# (cuLaunchKernelEx), so that its blocks are resident and waiting when decode_tc ends, instead of a kernel
+# boundary and a launch (H100: b1 32K 55.8 vs 58.6 us, measured in one process). Each merge block waits on its
+# group's counter, which decode_tc's blocks count up, so it gets ``counters`` too.
 _DEC_SPLIT_KEYS = ("DEC_BLOCKS_PER_SM", "DEC_FEW_GROUPS_PER_SM", "DEC_TC", "DEC_PDL", "DEC_TC_CLUSTER",
                    "DEC_LEN")
 # flash_fwd_sm90.cu's macros (F90_ON 0 turns it off: the flash_fwd.cu path), set like the others through
@@ -233,7 +232,8 @@ def _launcher(q, k, v, kv_len, max_len, causal, scale, num_splits, len_all=None)
         return (lambda: fn(grid, (threads,), args, shared_mem=smem)), out, lse
     fn, grid, splits, chunk, ring, threads, merge, cluster = _decode_config(
         tname, b, s_q, h, h_k, d, max_len, num_splits, tuple(sorted(DEC_CONFIG.items())))
-    work, counters = _scratch(splits * b * s_q * h * (d + 1), grid[1] * grid[2])
+    # pieces: decode_split's (normalized O, lse), decode_tc's (unnormalized O, max, sum) per row and split
+    work, counters = _scratch(splits * b * s_q * h * (d + 2), grid[1] * grid[2])
     args = (q, k, v, work, out, lse, counters, kv_len, np.int32(b), np.int32(s_q), np.int32(h), np.int32(h_k),
             kv_batch_stride, np.int32(chunk), scale_log2, np.int32(bool(causal)),
             # the length of every row when they are all equal (no load of kv_len before the first tiles), else -1
@@ -353,7 +353,7 @@ def _launch_now(fn, grid, threads, smem, args, pdl, cluster):
 def _clusters_fit(ptr, grid, threads, smem, cluster):
     """Whether all grid[0] * grid[1] * grid[2] / cluster clusters of kernel handle ``ptr`` are resident at once
     (cuOccupancyMaxActiveClusters). Clusters that do not all fit run in a second wave, which the split rule (one
-    wave of blocks) never wants: the merge launch is used then. False where the driver cannot say."""
+    wave of blocks) never wants: the blocks merge without clusters then. False where the driver cannot say."""
     import ctypes
 
     keep = []
@@ -445,7 +445,7 @@ def _resident_blocks(fn, smem, threads=128):
     try:
         static, regs = int(fn.shared_size_bytes), int(fn.num_regs)
     except Exception:  # a handle without the attributes: the figures of decode_f16_d128_r4 (ptxas -v)
-        static, regs = 9296, 128
+        static, regs = 10240, 128
     by_smem = smem_sm // (smem + static + 1024)  # 1 KB per block reserved by the system
     by_regs = regs_sm // (-(-regs // 8) * 8 * threads)
     return max(1, min(by_smem, by_regs, 2048 // threads, 32))
@@ -488,7 +488,7 @@ def _decode_config(tname, b, s_q, h, h_k, d, max_len, num_splits, config):
     merge, cluster = None, 0
     # one cluster of the group's `splits` blocks, where all the clusters are resident at once; the pieces go to
     # the leader block's shared memory, past its ring: splits x 8 rows x (D + 2) floats (a ring too large for
-    # that, as with DEC_TC_STAGES 3, keeps the merge launch)
+    # that, as with DEC_TC_STAGES 3, merges without clusters)
     smem = ring + splits * 8 * (d + 2) * 4
     if tc and cfg["DEC_TC_CLUSTER"] and 1 < splits <= 16 and _cc_major() >= 9 and smem <= _smem_optin():
         cl = _kernel(_DEC, f"decode_tc_cl_d{d}", cfg, smem)
