@@ -67,8 +67,8 @@ DEC_CONFIG = {"DEC_UNROLL": 4, "DEC_STAGES": 4, "DEC_BLOCKS_PER_SM": 0, "DEC_FEW
 # not compile-time macros: the split rule, and DEC_TC (1: float16 groups of <= 8 rows take decode_tc).
 # DEC_TC_MERGE 1: the last decode_tc block of each group merges its pieces (one launch); 0: a second launch
 # (decode_merge) does. The fused merge used to be 15-20% slower, which s17 traced to the ring's alignment (see
-# flash_decode.cu, dec_ring); aligned, it is the faster: H100 b1 32K 49.9-50.0 us against 50.5-50.6, b1 128K
-# 177.1-177.7 against 177.6-178.4 (one process each, three machines).
+# flash_decode.cu, dec_ring); aligned, it is the faster: H100 b1 32K 49.6-50.0 us against 50.4-50.6, b1 128K
+# 177.1-179.6 against 177.6-180.3 (one process each, four machines).
 # DEC_TC_CLUSTER 1: decode_tc_cl where the clusters fit (cuOccupancyMaxActiveClusters; H100: b8 32K 346.7-347.3
 # us against 350.3 with the merge launch, one process). DEC_LEN 1: when every row has the same length the host
 # passes it, and the blocks need not load kv_len before their first tiles. DEC_TC_EVICT 1: K and V are read
